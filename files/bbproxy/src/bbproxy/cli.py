@@ -1,0 +1,58 @@
+"""Command-line entry point: ``bbproxy`` and ``python -m bbproxy``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import ConfigError, Settings, build_parser, settings_from_args
+from .server import ListenError, load_contexts, run
+from .tls import CertificateError
+
+log = logging.getLogger("bbproxy")
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line; elsewhere we do.
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Pick the event loop. See the README's "Event loop" section for why auto is asyncio's."""
+    if choice == "uvloop":
+        try:
+            import uvloop  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            raise ConfigError("loop: uvloop is not installed (pip install 'bbproxy[uvloop]')") from None
+        return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings: Settings = settings_from_args(args)
+        contexts = load_contexts(settings)
+        loop_name, new_loop = loop_factory(settings.loop)
+    except (ConfigError, CertificateError) as exc:
+        print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls})")
+        return 0
+    setup_logging(settings.log_level)
+    log.debug("event loop: %s", loop_name)
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(run(settings, contexts))
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

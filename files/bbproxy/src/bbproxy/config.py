@@ -1,0 +1,268 @@
+"""Settings from the command line and an optional TOML file, validated into one frozen object.
+
+Every problem becomes a :class:`ConfigError` whose message names the key or flag, so an
+operator sees one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from . import __version__
+from .tls import TLS_VERSIONS, CertPair
+
+DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")  # noqa: S104 - a front door listens everywhere
+DEFAULT_BACKEND: Final = "127.0.0.1:5200"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOOPS: Final = ("auto", "asyncio", "uvloop")
+_DOMAIN_RE: Final = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+
+
+class ConfigError(Exception):
+    """Bad configuration; str() is the one line shown to the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 10000
+    pre_tls_timeout: float = 30.0
+    pre_tls_max_bytes: int = 8192
+    handshake_timeout: float = 30.0
+    backend_connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: tuple[Address, ...]
+    direct_tls_listen: tuple[Address, ...]
+    backend: Address
+    domains: tuple[str, ...]
+    min_tls: str
+    cert: CertPair
+    certificates: Mapping[str, CertPair] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+    loop: str = "auto"
+    config_file: Path | None = None
+
+
+def parse_address(value: object, key: str) -> Address:
+    """Parse ``HOST:PORT`` or ``[V6]:PORT``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected \"HOST:PORT\", got {value!r}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"{key}: {value!r} is not [IPv6]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(f"{key}: {value!r} is not HOST:PORT (write IPv6 as [::1]:5222)")
+    if not host:
+        raise ConfigError(f"{key}: {value!r} has no host")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} has no valid port") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is out of range 1-65535")
+    if text.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: {host!r} is not an IPv6 address") from None
+    return Address(host, port)
+
+
+def normalize_domain(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a domain name, got {value!r}")
+    domain = value.strip().rstrip(".").lower()
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"{key}: {value!r} is not a valid domain name") from None
+    if not _DOMAIN_RE.match(ascii_domain):
+        raise ConfigError(f"{key}: {value!r} is not a valid domain name")
+    return domain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bbproxy",
+        description="XMPP front door for legacy TLS clients: answers STARTTLS, terminates TLS 1.0-1.3 "
+        "and relays to a plaintext Prosody on a new backend connection.",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML settings; command-line flags override it")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT", help="STARTTLS listener (repeatable)")
+    p.add_argument(
+        "--direct-tls-listen", action="append", metavar="HOST:PORT", help="direct TLS listener, XEP-0368"
+    )
+    p.add_argument("--backend", metavar="HOST:PORT", help=f"plaintext Prosody c2s (default {DEFAULT_BACKEND})")
+    p.add_argument("--cert", metavar="CERT.pem", help="default certificate chain (PEM)")
+    p.add_argument("--key", metavar="KEY.pem", help="private key of --cert (PEM)")
+    p.add_argument("--domain", action="append", metavar="DOMAIN", help="served XMPP domain (repeatable)")
+    p.add_argument("--min-tls", choices=tuple(TLS_VERSIONS), help="lowest TLS version accepted (default 1.0)")
+    p.add_argument("--log-level", choices=LOG_LEVELS)
+    p.add_argument("--loop", choices=LOOPS, help="event loop (default auto)")
+    p.add_argument("--check-config", action="store_true", help="validate everything and exit, without listening")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+_TOP_KEYS: Final = {
+    "listen", "direct_tls_listen", "backend", "domains", "min_tls", "cert", "key",
+    "certificates", "limits", "log_level", "loop",
+}  # fmt: skip
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {path}: file not found") from None
+    except PermissionError:
+        raise ConfigError(f"--config: {path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def _string_list(value: object, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings")
+    return list(value)
+
+
+def _choice(value: object, key: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _path(value: object, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a file path")
+    return Path(value)
+
+
+def _limits(raw: object) -> Limits:
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, dict):
+        raise ConfigError("limits: expected a table")
+    known = {f.name: f for f in fields(Limits)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"limits: unknown key {name!r}")
+        default = getattr(Limits(), name)
+        key = f"limits.{name}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if value <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
+        values[name] = float(value) if isinstance(default, float) else value
+    return Limits(**values)
+
+
+def _certificates(raw: object) -> dict[str, CertPair]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("certificates: expected a table of domain = { cert, key }")
+    out: dict[str, CertPair] = {}
+    for name, entry in raw.items():
+        domain = normalize_domain(name, f"certificates.{name!r}")
+        key = f"certificates.{name!r}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: expected a table with cert and key")
+        unknown = sorted(set(entry) - {"cert", "key"})
+        if unknown:
+            raise ConfigError(f"{key}: unknown key {unknown[0]!r}")
+        if "cert" not in entry or "key" not in entry:
+            raise ConfigError(f"{key}: needs both cert and key")
+        out[domain] = CertPair(_path(entry["cert"], f"{key}.cert"), _path(entry["key"], f"{key}.key"))
+    return out
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Merge the TOML file (if any) with command-line flags and validate the result."""
+    config_file = Path(args.config) if args.config else None
+    data = load_toml(config_file) if config_file else {}
+
+    def pick(flag: object, key: str, default: object = None) -> object:
+        return flag if flag is not None else data.get(key, default)
+
+    listen_raw = args.listen if args.listen else _string_list(data.get("listen", list(DEFAULT_LISTEN)), "listen")
+    direct_raw = (
+        args.direct_tls_listen
+        if args.direct_tls_listen
+        else _string_list(data.get("direct_tls_listen", []), "direct_tls_listen")
+    )
+    listen = tuple(parse_address(v, "listen") for v in listen_raw)
+    direct = tuple(parse_address(v, "direct_tls_listen") for v in direct_raw)
+    if not listen and not direct:
+        raise ConfigError("listen: at least one listener is needed")
+    if len(set(listen + direct)) != len(listen) + len(direct):
+        raise ConfigError("listen: the same address is listed twice")
+    backend = parse_address(pick(args.backend, "backend", DEFAULT_BACKEND), "backend")
+
+    domains_raw = args.domain if args.domain else _string_list(data.get("domains", []), "domains")
+    domains = tuple(dict.fromkeys(normalize_domain(d, "domains") for d in domains_raw))
+    if not domains:
+        raise ConfigError("domains: at least one domain is needed (--domain or domains = [...])")
+
+    certificates = _certificates(data.get("certificates"))
+    cert_raw, key_raw = pick(args.cert, "cert"), pick(args.key, "key")
+    if cert_raw is None and key_raw is None and len(certificates) > 0:
+        first = certificates.get(domains[0]) or next(iter(certificates.values()))
+        cert_pair = first
+    else:
+        if cert_raw is None:
+            raise ConfigError("cert: a certificate is needed (--cert or cert = ...)")
+        if key_raw is None:
+            raise ConfigError("key: a private key is needed (--key or key = ...)")
+        cert_pair = CertPair(_path(cert_raw, "cert"), _path(key_raw, "key"))
+    stray = sorted(set(certificates) - set(domains))
+    if stray:
+        raise ConfigError(f"certificates.{stray[0]!r}: not one of the served domains")
+
+    return Settings(
+        listen=listen,
+        direct_tls_listen=direct,
+        backend=backend,
+        domains=domains,
+        min_tls=_choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS)),
+        cert=cert_pair,
+        certificates=certificates,
+        limits=_limits(data.get("limits")),
+        log_level=_choice(pick(args.log_level, "log_level", "info"), "log_level", LOG_LEVELS),
+        loop=_choice(pick(args.loop, "loop", "auto"), "loop", LOOPS),
+        config_file=config_file,
+    )

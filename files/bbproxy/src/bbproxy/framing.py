@@ -1,0 +1,389 @@
+"""Sans-IO parser for what an XMPP client sends before TLS (RFC 6120 §4.2, §5.4.2).
+
+Bytes go in with :meth:`PreTlsParser.receive_data`; events come out of
+:meth:`PreTlsParser.next_event`. No sockets, no asyncio, no ssl: the parser can be fed
+any chunking of the input and gives the same events.
+
+Only the little that may legally precede TLS is understood: an optional XML
+declaration, the opening ``<stream:stream>`` tag, ``<starttls/>`` and the closing
+``</stream:stream>``. Everything else ends the stream with the RFC 6120 §4.9.3 condition
+that fits. No XML library is used, so no entity is ever expanded and no DTD is ever read
+("billion laughs" cannot happen): DTDs, comments and processing instructions are refused
+as ``restricted-xml`` (RFC 6120 §11.1).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+STREAMS_NS: Final = "http://etherx.jabber.org/streams"
+CLIENT_NS: Final = "jabber:client"
+TLS_NS: Final = "urn:ietf:params:xml:ns:xmpp-tls"
+XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
+
+DEFAULT_MAX_BYTES: Final = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    """The client opened its stream. Attribute values are already unescaped."""
+
+    to: str | None
+    from_: str | None
+    version: str | None
+    lang: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """The client asked for TLS (``<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The client closed its stream (``</stream:stream>``) before TLS."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """The input broke the protocol; ``condition`` is an RFC 6120 §4.9.3 element name."""
+
+    condition: str
+    text: str
+
+
+class _NeedData(Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+"""Returned by :meth:`PreTlsParser.next_event` when more bytes are needed."""
+
+Event = StreamHeader | StartTls | StreamEnd | StreamError
+
+
+class _State(Enum):
+    PROLOG = 1  # before the stream header
+    STREAM = 2  # inside the stream, before <starttls/>
+    STARTTLS_OPEN = 3  # inside a non-empty <starttls>, waiting for </starttls>
+    DONE = 4  # <starttls/> or </stream:stream> seen: nothing more is parsed
+    FAILED = 5
+
+
+_WHITESPACE: Final = b" \t\r\n"
+_LT: Final = 0x3C
+_GT: Final = 0x3E
+_QUOTES: Final = (0x22, 0x27)
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_UTF16_BOMS: Final = (b"\xfe\xff", b"\xff\xfe")
+
+_NAME = r"[^\s/<>=\"'&]+"
+_ATTR_RE: Final = re.compile(r"\s+(" + _NAME + r")\s*=\s*(\"[^\"<]*\"|'[^'<]*')")
+_START_TAG_RE: Final = re.compile(r"<(" + _NAME + r")((?:\s+" + _NAME + r"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*(/?)>\Z")
+_END_TAG_RE: Final = re.compile(r"</(" + _NAME + r")\s*>\Z")
+_XML_DECL_RE: Final = re.compile(r"<\?xml((?:\s+[A-Za-z]+\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*\?>\Z")
+_QNAME_RE: Final = re.compile(r"(?:([A-Za-z_][\w.\-]*):)?([A-Za-z_][\w.\-]*)\Z")
+# Characters XML 1.0 forbids (§2.2); surrogates cannot survive strict UTF-8 decoding.
+_BAD_CHARS_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_REFERENCE_RE: Final = re.compile(r"&(?:(lt|gt|amp|quot|apos)|#([0-9]{1,7})|#x([0-9A-Fa-f]{1,6}));")
+_PREDEFINED: Final = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+_VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\Z")
+
+
+class _Malformed(Exception):
+    """Internal: carries a stream error out of the token handlers."""
+
+    def __init__(self, condition: str, text: str) -> None:
+        super().__init__(condition, text)
+        self.error = StreamError(condition, text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tag:
+    qname: str
+    prefix: str | None
+    local: str
+    attrs: dict[str, str]
+    namespaces: dict[str | None, str]
+    empty: bool
+
+
+class PreTlsParser:
+    """Incremental parser for the client half of a pre-TLS XMPP stream.
+
+    ``max_bytes`` bounds everything a client may send before ``<starttls/>``; past it
+    the parser answers ``policy-violation``. After :class:`StartTls`, bytes that arrived
+    behind it are in :attr:`trailing_data` (a STARTTLS injection attempt if non-empty,
+    RFC 6120 §5.4.3.3 / CVE-2011-0411).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_error",
+        "_header_qname",
+        "_max_bytes",
+        "_quote",
+        "_received",
+        "_scan_pos",
+        "_seen_token",
+        "_starttls_qname",
+        "_state",
+        "_stream_namespaces",
+    )
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._buf = bytearray()
+        self._max_bytes = max_bytes
+        self._received = 0
+        self._state = _State.PROLOG
+        self._error: StreamError | None = None
+        self._seen_token = False
+        self._scan_pos = 1
+        self._quote: int | None = None
+        self._header_qname = ""
+        self._starttls_qname = ""
+        self._stream_namespaces: dict[str | None, str] = {"xml": XML_NS}
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the last event; meaningful once StartTls was returned."""
+        return bytes(self._buf)
+
+    @property
+    def received(self) -> int:
+        """How many bytes were fed in."""
+        return self._received
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client. Never raises for any input."""
+        self._received += len(data)
+        if self._state in (_State.DONE, _State.FAILED):
+            self._buf += data
+            return
+        if self._received > self._max_bytes:
+            self._fail("policy-violation", "too much data before TLS")
+            return
+        self._buf += data
+
+    def next_event(self) -> Event | _NeedData:
+        """Return the next event, or NEED_DATA. After an error the same error is returned again."""
+        if self._error is not None:
+            return self._error
+        try:
+            return self._next_event()
+        except _Malformed as exc:
+            return self._fail(exc.error.condition, exc.error.text)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _fail(self, condition: str, text: str) -> StreamError:
+        self._state = _State.FAILED
+        self._error = StreamError(condition, text)
+        self._buf.clear()
+        return self._error
+
+    def _next_event(self) -> Event | _NeedData:
+        while self._state not in (_State.DONE, _State.FAILED):
+            buf = self._buf
+            if not self._seen_token:
+                if len(buf) < 3 and _UTF8_BOM.startswith(bytes(buf)) and buf:
+                    return NEED_DATA
+                if buf.startswith(_UTF8_BOM):
+                    del buf[:3]
+                if buf[:2] in _UTF16_BOMS:
+                    raise _Malformed("unsupported-encoding", "only UTF-8 is allowed")
+            skip = 0
+            while skip < len(buf) and buf[skip] in _WHITESPACE:
+                skip += 1
+            if skip:
+                if not self._seen_token and self._state is _State.PROLOG:
+                    # Whitespace may come before the stream header but not before <?xml ?>.
+                    self._seen_token = True
+                del buf[:skip]
+                self._scan_pos = 1
+            if not buf:
+                return NEED_DATA
+            if buf[0] != _LT:
+                if self._state is _State.PROLOG:
+                    raise _Malformed("not-well-formed", "expected an XML stream header")
+                raise _Malformed("bad-format", "text is not allowed here")
+            if len(buf) >= 2 and buf[1] == 0x21:  # "<!": comment, CDATA or DTD
+                raise _Malformed("restricted-xml", "comments, CDATA and DTDs are not allowed")
+            end = self._find_tag_end()
+            if end is None:
+                return NEED_DATA
+            token = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            self._scan_pos = 1
+            self._quote = None
+            event = self._handle_token(token)
+            if event is not None:
+                return event
+        return NEED_DATA
+
+    def _find_tag_end(self) -> int | None:
+        """Index of the '>' that ends the tag at buf[0], resuming the previous scan."""
+        buf = self._buf
+        i = self._scan_pos
+        quote = self._quote
+        n = len(buf)
+        while i < n:
+            byte = buf[i]
+            if quote is not None:
+                if byte == quote:
+                    quote = None
+                elif byte == _LT:
+                    raise _Malformed("not-well-formed", "'<' in an attribute value")
+            elif byte in _QUOTES:
+                quote = byte
+            elif byte == _GT:
+                return i
+            elif byte == _LT:
+                raise _Malformed("not-well-formed", "unexpected '<' inside a tag")
+            i += 1
+        self._scan_pos = i
+        self._quote = quote
+        return None
+
+    def _handle_token(self, token: bytes) -> Event | None:
+        try:
+            text = token.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Malformed("unsupported-encoding", "input is not valid UTF-8") from None
+        if _BAD_CHARS_RE.search(text):
+            raise _Malformed("not-well-formed", "character not allowed in XML")
+        first = not self._seen_token
+        self._seen_token = True
+        if text.startswith("<?"):
+            if first and self._state is _State.PROLOG:
+                self._check_xml_declaration(text)
+                return None
+            raise _Malformed("restricted-xml", "processing instructions are not allowed")
+        if text.startswith("</"):
+            return self._handle_end_tag(text)
+        tag = self._parse_start_tag(text)
+        if self._state is _State.PROLOG:
+            return self._handle_header(tag)
+        if self._state is _State.STARTTLS_OPEN:
+            raise _Malformed("bad-format", "<starttls/> takes no children")
+        return self._handle_stream_child(tag)
+
+    def _check_xml_declaration(self, text: str) -> None:
+        match = _XML_DECL_RE.match(text)
+        if match is None:
+            raise _Malformed("not-well-formed", "malformed XML declaration")
+        attrs = self._parse_attributes(match.group(1))
+        if "version" not in attrs or not attrs["version"].startswith("1."):
+            raise _Malformed("not-well-formed", "XML declaration needs version 1.x")
+        encoding = attrs.get("encoding")
+        if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
+            raise _Malformed("unsupported-encoding", "only UTF-8 is allowed")
+
+    def _parse_attributes(self, raw: str) -> dict[str, str]:
+        attrs: dict[str, str] = {}
+        for match in _ATTR_RE.finditer(raw):
+            name, quoted = match.group(1), match.group(2)
+            if name in attrs:
+                raise _Malformed("not-well-formed", "duplicate attribute")
+            attrs[name] = _unescape(quoted[1:-1])
+        return attrs
+
+    def _parse_start_tag(self, text: str) -> _Tag:
+        match = _START_TAG_RE.match(text)
+        if match is None:
+            raise _Malformed("not-well-formed", "malformed tag")
+        qname, raw_attrs, slash = match.group(1), match.group(2), match.group(3)
+        attrs = self._parse_attributes(raw_attrs)
+        namespaces = dict(self._stream_namespaces)
+        for name, value in attrs.items():
+            if name == "xmlns":
+                namespaces[None] = value
+            elif name.startswith("xmlns:"):
+                prefix = name[6:]
+                if not value or prefix in ("xml", "xmlns"):
+                    raise _Malformed("not-well-formed", "invalid namespace declaration")
+                namespaces[prefix] = value
+        name_match = _QNAME_RE.match(qname)
+        if name_match is None:
+            raise _Malformed("not-well-formed", "invalid element name")
+        prefix, local = name_match.group(1), name_match.group(2)
+        if prefix is not None and prefix not in namespaces:
+            raise _Malformed("not-well-formed", "undeclared namespace prefix")
+        for name in attrs:
+            attr_prefix, _, _ = name.rpartition(":")
+            if attr_prefix and attr_prefix != "xmlns" and attr_prefix not in namespaces:
+                raise _Malformed("not-well-formed", "undeclared namespace prefix")
+        return _Tag(qname, prefix, local, attrs, namespaces, empty=bool(slash))
+
+    def _handle_header(self, tag: _Tag) -> StreamHeader:
+        if tag.local != "stream" or tag.namespaces.get(tag.prefix) != STREAMS_NS:
+            raise _Malformed("invalid-namespace", "expected <stream:stream> in the streams namespace")
+        if tag.empty:
+            raise _Malformed("bad-format", "the stream header must not be an empty element")
+        if tag.namespaces.get(None) != CLIENT_NS:
+            raise _Malformed("invalid-namespace", "the stream's content namespace must be jabber:client")
+        version = tag.attrs.get("version")
+        version_match = _VERSION_RE.match(version) if version is not None else None
+        if version_match is None or int(version_match.group(1)) != 1:
+            raise _Malformed("unsupported-version", "XMPP version 1.0 is required")
+        self._state = _State.STREAM
+        self._header_qname = tag.qname
+        self._stream_namespaces = {k: v for k, v in tag.namespaces.items()}
+        return StreamHeader(
+            to=tag.attrs.get("to"),
+            from_=tag.attrs.get("from"),
+            version=version,
+            lang=tag.attrs.get("xml:lang"),
+        )
+
+    def _handle_stream_child(self, tag: _Tag) -> StartTls | None:
+        if tag.local == "starttls" and tag.namespaces.get(tag.prefix) == TLS_NS:
+            if tag.empty:
+                self._state = _State.DONE
+                return StartTls()
+            self._state = _State.STARTTLS_OPEN
+            self._starttls_qname = tag.qname
+            return None
+        raise _Malformed("policy-violation", "TLS is required: send <starttls/> first")
+
+    def _handle_end_tag(self, text: str) -> StartTls | StreamEnd:
+        match = _END_TAG_RE.match(text)
+        if match is None:
+            raise _Malformed("not-well-formed", "malformed end tag")
+        qname = match.group(1)
+        if self._state is _State.STARTTLS_OPEN and qname == self._starttls_qname:
+            self._state = _State.DONE
+            return StartTls()
+        if self._state is _State.STREAM and qname == self._header_qname:
+            self._state = _State.DONE
+            return StreamEnd()
+        raise _Malformed("not-well-formed", "mismatched end tag")
+
+
+def _unescape(value: str) -> str:
+    """Resolve the five predefined entities and character references; refuse all others."""
+    if "&" not in value:
+        return value
+    out: list[str] = []
+    pos = 0
+    for match in _REFERENCE_RE.finditer(value):
+        if "&" in value[pos : match.start()]:
+            break
+        out.append(value[pos : match.start()])
+        named, decimal, hexadecimal = match.groups()
+        if named is not None:
+            out.append(_PREDEFINED[named])
+        else:
+            code = int(decimal) if decimal is not None else int(hexadecimal, 16)
+            char = chr(code) if code <= 0x10FFFF else "\x00"
+            if _BAD_CHARS_RE.match(char) or 0xD800 <= code <= 0xDFFF:
+                raise _Malformed("not-well-formed", "character reference to a forbidden character")
+            out.append(char)
+        pos = match.end()
+    if "&" in value[pos:]:
+        raise _Malformed("not-well-formed", "undefined entity reference")
+    out.append(value[pos:])
+    return "".join(out)

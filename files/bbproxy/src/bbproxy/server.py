@@ -1,0 +1,170 @@
+"""Listeners, connection limits, signals (TERM stop, HUP certificate reload) and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import notify
+from .config import Address, Settings
+from .session import ClientSession
+from .tls import CertificateError, TlsContexts
+
+log = logging.getLogger("bbproxy")
+
+SHUTDOWN_GRACE = 5.0  # seconds for sessions to flush and close on stop
+
+
+class ListenError(Exception):
+    """A listener could not be opened; the message is one line for operators."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    address: Address
+    starttls: bool  # False: direct TLS (XEP-0368)
+
+    @property
+    def name(self) -> str:
+        return f"{'starttls' if self.starttls else 'direct-tls'}/{self.address}"
+
+
+@dataclass(slots=True)
+class Stats:
+    accepted: int = 0
+    refused: int = 0
+    handshake_failures: int = 0
+    backend_failures: int = 0
+    handshakes: Counter[str] = field(default_factory=Counter)
+
+    def count_handshake(self, version: str) -> None:
+        self.handshakes[version] += 1
+
+
+def load_contexts(settings: Settings) -> TlsContexts:
+    return TlsContexts.load(settings.domains, settings.cert, settings.certificates, settings.min_tls)
+
+
+def open_socket(address: Address) -> socket.socket:
+    """A listening socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be bound."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {address}: {(exc.strerror or str(exc)).lower()}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class ProxyServer:
+    def __init__(self, settings: Settings, contexts: TlsContexts, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.contexts = contexts
+        self.loop = loop
+        self.domains = frozenset(settings.domains)
+        self.sessions: set[ClientSession] = set()
+        self.stats = Stats()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- connection accounting, called by sessions ---------------------------------------
+
+    def admit(self, session: ClientSession) -> bool:
+        self.stats.accepted += 1
+        if len(self.sessions) >= self.settings.limits.max_connections or self._stopping.is_set():
+            self.stats.refused += 1
+            return False
+        self.sessions.add(session)
+        self._idle.clear()
+        return True
+
+    def release(self, session: ClientSession) -> None:
+        self.sessions.discard(session)
+        session.log_close()
+        if not self.sessions:
+            self._idle.set()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        listeners = [Listener(a, True) for a in self.settings.listen]
+        listeners += [Listener(a, False) for a in self.settings.direct_tls_listen]
+        sockets = []
+        try:
+            for listener in listeners:
+                sockets.append((listener, open_socket(listener.address)))
+        except ListenError:
+            for _, sock in sockets:
+                sock.close()
+            raise
+        for listener, sock in sockets:
+            server = await self.loop.create_server(
+                lambda listener=listener: ClientSession(self, listener), sock=sock, backlog=1024
+            )
+            self._servers.append(server)
+        log.info(
+            "bbproxy ready: %s; backend %s; domains %s; TLS >= %s",
+            ", ".join(listener.name for listener in listeners),
+            self.settings.backend,
+            ", ".join(self.settings.domains),
+            self.settings.min_tls,
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: re-read certificates for new handshakes; keep the old ones if that fails."""
+        notify.send("RELOADING=1")
+        try:
+            self.contexts = load_contexts(self.settings)
+        except CertificateError as exc:
+            log.error("reload refused, still serving the previous certificates: %s", exc)
+        else:
+            log.info("certificates reloaded")
+        notify.send("READY=1")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_until_stopped(self) -> None:
+        await self._stopping.wait()
+        notify.send("STOPPING=1")
+        log.info("stopping: closing listeners and %d session(s)", len(self.sessions))
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions):
+            session.shutdown("system-shutdown", "the server is restarting")
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d session(s) did not close in time", len(self.sessions))
+        for server in self._servers:
+            await server.wait_closed()
+
+
+async def run(settings: Settings, contexts: TlsContexts) -> None:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(settings, contexts, loop)
+    await server.start()
+    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+    loop.add_signal_handler(signal.SIGINT, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    notify.send("READY=1")
+    await server.serve_until_stopped()

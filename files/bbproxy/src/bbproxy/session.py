@@ -1,0 +1,382 @@
+"""One client connection: pre-TLS dialogue, TLS handshake, then a relay to a NEW backend connection.
+
+Life of a STARTTLS session (a direct-TLS session starts at HANDSHAKE)::
+
+    PRE_TLS --<starttls/>--> HANDSHAKE --TLS up--> CONNECTING --backend up--> RELAY --> CLOSED
+
+Every callback checks the state first: once a session is CLOSED, late callbacks (a
+timer, a backend that finishes connecting, a handshake that completes) do nothing. That
+is the lesson of the Node.js prototype, whose stale close handler aborted its own
+handshakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Final
+
+from .negotiation import Action, Negotiation, stream_error, stream_header
+
+if TYPE_CHECKING:
+    from .server import Listener, ProxyServer
+
+log = logging.getLogger("bbproxy.session")
+
+# While the backend connection is being opened the client may already send its new stream
+# header; a real client sends a few hundred bytes and then waits for our features.
+MAX_PENDING: Final = 65536
+_ids = itertools.count(1)
+
+
+class State(Enum):
+    PRE_TLS = 1
+    HANDSHAKE = 2
+    CONNECTING = 3
+    RELAY = 4
+    CLOSED = 5
+
+
+class ClientSession(asyncio.Protocol):
+    """The client side; owns the backend side once it exists."""
+
+    __slots__ = (
+        "_closing",
+        "_finished",
+        "_pending",
+        "_task",
+        "_timer",
+        "backend",
+        "bytes_down",
+        "bytes_up",
+        "cipher",
+        "close_reason",
+        "conn_id",
+        "listener",
+        "negotiation",
+        "peer",
+        "server",
+        "started",
+        "state",
+        "tls_version",
+        "transport",
+    )
+
+    def __init__(self, server: ProxyServer, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.conn_id = next(_ids)
+        self.state = State.PRE_TLS
+        self.transport: asyncio.Transport | None = None
+        self.backend: BackendConnection | None = None
+        self.negotiation: Negotiation | None = None
+        self.peer = "-"
+        self.started = time.monotonic()
+        self.bytes_up = 0  # client -> backend, after TLS
+        self.bytes_down = 0  # backend -> client
+        self.tls_version = "-"
+        self.cipher = "-"
+        self.close_reason = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[bytes] = []
+        self._closing = False
+        self._finished = False
+
+    # -- asyncio.Protocol (client side) --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        server = self.server
+        limits = server.settings.limits
+        if not server.admit(self):
+            if self.listener.starttls:
+                transport.write(stream_header(None) + stream_error("resource-constraint", "server is full"))
+            self._close("refused-max-connections")
+            return
+        if self.listener.starttls:
+            self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
+            self._timer = server.loop.call_later(limits.pre_tls_timeout, self._pre_tls_timeout)
+        else:
+            self._begin_tls(server.contexts.default, b"")
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is State.RELAY:
+            assert self.backend is not None
+            self.bytes_up += len(data)
+            self.backend.write(data)
+        elif state is State.PRE_TLS:
+            self._pre_tls_data(data)
+        elif state is State.CONNECTING or state is State.HANDSHAKE:
+            # Decrypted bytes that arrive between the end of the handshake and the backend
+            # being ready: kept (nothing is lost), bounded.
+            self._pending.append(data)
+            if sum(map(len, self._pending)) > MAX_PENDING:
+                self._close("client-flood-before-backend")
+
+    def eof_received(self) -> bool:
+        if self.state is State.RELAY and self.backend is not None:
+            self.backend.write_eof()
+        self._close("client-eof")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.close_reason:
+            self.close_reason = f"client-error: {_describe(exc)}" if exc else "client-closed"
+        self._close(self.close_reason)
+        self._finish()
+
+    def pause_writing(self) -> None:
+        # The client is slower than the backend: stop reading the backend until it drains.
+        if self.backend is not None:
+            self.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.resume_reading()
+
+    # -- pre-TLS ---------------------------------------------------------------------
+
+    def _pre_tls_data(self, data: bytes) -> None:
+        assert self.negotiation is not None and self.transport is not None
+        outcome = self.negotiation.receive_data(data)
+        if outcome.action is Action.STARTTLS:
+            # Stop reading BEFORE writing <proceed/>: the ClientHello that the client sends
+            # the moment it sees <proceed/> must stay in the socket for the TLS layer, not
+            # land here as plaintext (CPython gh-142352 shows what happens otherwise).
+            self.transport.pause_reading()
+            self._cancel_timer()
+            ctx = self.server.contexts.for_domain(self.negotiation.domain)
+            self._begin_tls(ctx, outcome.send)
+            return
+        if outcome.send:
+            self.transport.write(outcome.send)
+        if outcome.action is Action.CLOSE:
+            self._close(outcome.reason)
+
+    def _pre_tls_timeout(self) -> None:
+        self._timer = None
+        if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
+            self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
+            self._close("pre-tls-timeout")
+
+    # -- TLS and backend ---------------------------------------------------------------
+
+    def _begin_tls(self, ctx: ssl.SSLContext, proceed: bytes) -> None:
+        assert self.transport is not None
+        self.state = State.HANDSHAKE
+        if proceed:
+            self.transport.write(proceed)
+        self._task = self.server.loop.create_task(self._handshake_then_connect(ctx))
+
+    async def _handshake_then_connect(self, ctx: ssl.SSLContext) -> None:
+        server = self.server
+        loop = server.loop
+        limits = server.settings.limits
+        plain = self.transport
+        assert plain is not None
+        try:
+            tls_transport = await loop.start_tls(
+                plain, self, ctx, server_side=True, ssl_handshake_timeout=limits.handshake_timeout
+            )
+        except asyncio.CancelledError:
+            return
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            # asyncio's SSL layer does not always report a connection lost mid-handshake to
+            # the app protocol, so this path finishes the session itself.
+            if self.state is State.HANDSHAKE:
+                server.stats.handshake_failures += 1
+            self._close(f"tls-failed: {_describe(exc)}")
+            self._finish()
+            return
+        if tls_transport is None or self.state is not State.HANDSHAKE:
+            if tls_transport is not None:
+                tls_transport.abort()
+            self._close("client-closed-during-handshake")
+            self._finish()
+            return
+        self.transport = tls_transport
+        tls_transport.pause_reading()  # until the backend is there to take the bytes
+        sslobj = tls_transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls_version = sslobj.version() or "-"
+            cipher = sslobj.cipher()
+            self.cipher = cipher[0] if cipher else "-"
+        server.stats.count_handshake(self.tls_version)
+        self.state = State.CONNECTING
+        backend_addr = server.settings.backend
+        try:
+            async with asyncio.timeout(limits.backend_connect_timeout):
+                _, backend = await loop.create_connection(
+                    lambda: BackendConnection(self), backend_addr.host, backend_addr.port
+                )
+        except asyncio.CancelledError:
+            return
+        except (OSError, TimeoutError) as exc:
+            if self.state is State.CONNECTING:
+                self.close_reason = f"backend-unavailable: {_describe(exc)}"
+                server.stats.backend_failures += 1
+                log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
+                domain = self.negotiation.domain if self.negotiation else None
+                tls_transport.write(
+                    stream_header(domain)
+                    + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again")
+                )
+                self._close(self.close_reason)
+            return
+        if self.state is not State.CONNECTING:  # the client left while we were connecting
+            backend.close()
+            return
+        assert isinstance(backend, BackendConnection)
+        self.backend = backend
+        self.state = State.RELAY
+        for chunk in self._pending:
+            self.bytes_up += len(chunk)
+            backend.write(chunk)
+        self._pending.clear()
+        tls_transport.resume_reading()
+
+    # -- relay, called by the backend side ----------------------------------------------
+
+    def from_backend(self, data: bytes) -> None:
+        if self.state is State.RELAY and self.transport is not None:
+            self.bytes_down += len(data)
+            self.transport.write(data)
+
+    def backend_closed(self, reason: str) -> None:
+        if self.state is not State.CLOSED:
+            self.close_reason = self.close_reason or reason
+            self._close(self.close_reason)
+
+    # -- closing -------------------------------------------------------------------------
+
+    def shutdown(self, condition: str, text: str) -> None:
+        """Close this session for a server stop: a stream error where we speak XMPP."""
+        if self.state is State.CLOSED or self.transport is None:
+            return
+        if self.state is State.PRE_TLS and self.negotiation is not None:
+            self.transport.write(self.negotiation.refuse(condition, text))
+        self.close_reason = self.close_reason or "server-shutdown"
+        self._close(self.close_reason)
+
+    def _finish(self) -> None:
+        """Release the connection slot and write the one log line, exactly once."""
+        if not self._finished:
+            self._finished = True
+            self.server.release(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+        previous = self.state
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._pending.clear()
+        if self._task is not None and not self._task.done() and previous is not State.HANDSHAKE:
+            # A handshake in progress is ended by closing its transport below; cancelling the
+            # task mid-start_tls would leave asyncio's SSL protocol half set up.
+            self._task.cancel()
+        if self.backend is not None:
+            self.backend.close()  # flushes what the client sent before it left
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.close()  # flushes what the backend sent, then TLS close_notify
+
+    def log_close(self) -> None:
+        log.info(
+            "conn=%d peer=%s listener=%s domain=%s tls=%s cipher=%s up=%d down=%d duration=%.3fs close=%s",
+            self.conn_id,
+            self.peer,
+            self.listener.name,
+            (self.negotiation.domain if self.negotiation else None) or "-",
+            self.tls_version,
+            self.cipher,
+            self.bytes_up,
+            self.bytes_down,
+            time.monotonic() - self.started,
+            self.close_reason or "-",
+        )
+
+
+class BackendConnection(asyncio.Protocol):
+    """The plaintext connection to Prosody, opened only after the client's TLS is up."""
+
+    __slots__ = ("_closed", "client", "transport")
+
+    def __init__(self, client: ClientSession) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.client.from_backend(data)
+
+    def eof_received(self) -> bool:
+        self.client.backend_closed("backend-closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.client.backend_closed(f"backend-error: {_describe(exc)}" if exc else "backend-closed")
+
+    def pause_writing(self) -> None:
+        # Prosody is slower than the client: stop reading the client until it drains.
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing() and self.client.state is State.RELAY:
+            transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self._closed and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "-"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return exc.__class__.__name__

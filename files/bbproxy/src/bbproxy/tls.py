@@ -1,0 +1,119 @@
+"""The one place that builds SSLContexts: version policy, suites, certificates, SNI.
+
+OpenSSL 3 refuses TLS 1.0/1.1 at its default security level because those versions
+sign handshakes with MD5+SHA-1. They are enabled here, for these contexts only, with
+three settings together: the minimum version, an explicit list of CBC-SHA suites, and
+``@SECLEVEL=0``. OpenSSL's configuration for the rest of the process is untouched.
+"""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+# TLS 1.2: forward secret AEAD suites only, ECDSA first (cheaper handshakes).
+MODERN_SUITES: Final = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+# TLS 1.0/1.1: what BlackBerry 10, Android 4.x, Windows Phone 8 and Java 7 offer. Forward
+# secret ECDHE with AES-CBC-SHA; never RC4, 3DES (SWEET32), NULL, EXPORT or anonymous.
+LEGACY_SUITES: Final = (
+    "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+ALPN_XMPP_CLIENT: Final = "xmpp-client"
+
+TLS_VERSIONS: Final[Mapping[str, ssl.TLSVersion]] = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class CertificateError(Exception):
+    """A certificate or key could not be loaded; the message is one line for operators."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertPair:
+    cert: Path
+    key: Path
+
+
+def cipher_string(min_tls: str) -> str:
+    """The OpenSSL cipher string (TLS <= 1.2 suites) for a minimum version."""
+    if TLS_VERSIONS[min_tls] >= ssl.TLSVersion.TLSv1_2:
+        return MODERN_SUITES
+    # SECLEVEL=0 only lifts the MD5+SHA-1 signature ban; the explicit list keeps weak suites out.
+    return f"{MODERN_SUITES}:{LEGACY_SUITES}:@SECLEVEL=0"
+
+
+def build_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
+    """A server context for one certificate chain under the version policy."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        # Naming TLSVersion.TLSv1 warns; serving legacy clients is the point of this proxy.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = TLS_VERSIONS[min_tls]
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    ctx.set_ciphers(cipher_string(min_tls))
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.options |= ssl.OP_SINGLE_ECDH_USE
+    ctx.set_alpn_protocols([ALPN_XMPP_CLIENT])
+    try:
+        ctx.load_cert_chain(pair.cert, pair.key)
+    except FileNotFoundError as exc:
+        raise CertificateError(f"cannot read {exc.filename}: file not found") from None
+    except PermissionError as exc:
+        raise CertificateError(f"cannot read {exc.filename}: permission denied") from None
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "KEY_VALUES_MISMATCH" in str(reason).upper():
+            raise CertificateError(f"key {pair.key} does not match certificate {pair.cert}") from None
+        raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {reason}") from None
+    except OSError as exc:
+        raise CertificateError(f"cannot read {pair.cert} / {pair.key}: {exc.strerror or exc}") from None
+    return ctx
+
+
+class TlsContexts:
+    """All server contexts: one per domain, picked by SNI or, with no SNI, by stream ``to``."""
+
+    __slots__ = ("_by_domain", "default")
+
+    def __init__(self, default: ssl.SSLContext, by_domain: Mapping[str, ssl.SSLContext]) -> None:
+        self.default = default
+        self._by_domain = dict(by_domain)
+        for ctx in {id(c): c for c in (default, *self._by_domain.values())}.values():
+            ctx.sni_callback = self._on_sni
+
+    @classmethod
+    def load(
+        cls,
+        domains: tuple[str, ...],
+        default_pair: CertPair,
+        per_domain: Mapping[str, CertPair],
+        min_tls: str,
+    ) -> TlsContexts:
+        """Load every certificate once; raise CertificateError naming the first bad file."""
+        default = build_context(default_pair, min_tls)
+        by_domain = {d: build_context(per_domain[d], min_tls) for d in domains if d in per_domain}
+        return cls(default, by_domain)
+
+    def for_domain(self, domain: str | None) -> ssl.SSLContext:
+        if domain is None:
+            return self.default
+        return self._by_domain.get(domain, self.default)
+
+    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is None:
+            return  # keep the context chosen from the stream 'to' (or the default)
+        ctx = self._by_domain.get(server_name.rstrip(".").lower())
+        if ctx is not None and sslobj.context is not ctx:
+            sslobj.context = ctx

@@ -1,0 +1,155 @@
+"""Fixtures for the integration tests: a real Prosody, trustme certificates, the real proxy
+process, and a recording backend. Helpers live in support.py."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .support import (
+    DOMAIN,
+    LOOPBACK,
+    LOOPS,
+    PROSODY_CONFIG,
+    CertPair,
+    Certs,
+    Prosody,
+    ProxyFactory,
+    ProxyProcess,
+    ProxyStarter,
+    RecordingBackend,
+    free_port,
+    port_accepts,
+    require_loop,
+    require_tool,
+    stop_process,
+    tail,
+)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    import trustme
+
+    directory = tmp_path_factory.mktemp("certs")
+    root = trustme.CA(key_type=trustme.KeyType.RSA)
+    cafile = directory / "ca.pem"
+    root.cert_pem.write_to_path(str(cafile))
+
+    def issue(kind: str, key_type: trustme.KeyType) -> CertPair:
+        intermediate = root.create_child_ca(key_type=key_type)
+        leaf = intermediate.issue_cert(DOMAIN, key_type=key_type)
+        cert, key = directory / f"{kind}.crt", directory / f"{kind}.key"
+        # Leaf + intermediate (trustme leaves the root out): clients that trust only the root
+        # verify, so this also proves the proxy sends the full chain.
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        return CertPair(cert, key)
+
+    other_key = directory / "other.key"
+    root.issue_cert("other.test").private_key_pem.write_to_path(str(other_key))
+    return Certs(cafile, issue("rsa", trustme.KeyType.RSA), issue("ecdsa", trustme.KeyType.ECDSA), other_key)
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prosody]:
+    """A real Prosody (Debian package) in the foreground, plaintext c2s on a loopback port."""
+    prosody_bin = require_tool("prosody", "apt-get install prosody")
+    prosodyctl = require_tool("prosodyctl", "apt-get install prosody")
+    directory = tmp_path_factory.mktemp("prosody")
+    (directory / "data").mkdir(mode=0o700)
+    (directory / "certs").mkdir()
+    port = free_port()
+    config = directory / "prosody.cfg.lua"
+    config.write_text(PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN))
+    log = directory / "prosody.log"
+
+    passwords = {user: secrets.token_urlsafe(12) for user in ("alice", "bob", "carol")}
+    for user, password in passwords.items():
+        result = subprocess.run(
+            [prosodyctl, "--config", str(config), "register", user, DOMAIN, password],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"prosodyctl register {user} failed: {result.stdout!r} {result.stderr!r}")
+
+    console = (directory / "console.log").open("wb")
+    proc = subprocess.Popen(
+        [prosody_bin, "-F", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        cwd=directory,
+        start_new_session=True,  # a Ctrl-C in pytest must not hit it before teardown does
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_accepts(port):
+            if proc.poll() is not None:
+                pytest.fail(f"prosody exited with {proc.returncode} during start-up:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"prosody did not listen on {LOOPBACK}:{port} within 20s:\n{tail(log)}")
+            time.sleep(0.05)
+        yield Prosody(LOOPBACK, port, DOMAIN, passwords, log, proc)
+    finally:
+        stop_process(proc)
+        console.close()
+
+
+@pytest.fixture
+def recording_backend() -> Iterator[RecordingBackend]:
+    backend = RecordingBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture
+def proxy_factory(tmp_path: Path, certs: Certs) -> Iterator[ProxyFactory]:
+    """Start ``python -m bbproxy`` with the given options; stopped (and checked) at teardown."""
+    starter = ProxyStarter(tmp_path, certs)
+    try:
+        yield starter
+    finally:
+        starter.stop_all()
+
+
+@pytest.fixture(scope="session")
+def shared_proxies(tmp_path_factory: pytest.TempPathFactory, certs: Certs, prosody: Prosody) -> Iterator[ProxyFactory]:
+    """Proxies in front of the session's Prosody, started once per distinct option set.
+
+    For tests that only connect as clients and leave the proxy as they found it.
+    """
+    starter = ProxyStarter(tmp_path_factory.mktemp("shared-proxies"), certs)
+    cache: dict[tuple[Any, ...], ProxyProcess] = {}
+
+    def get(*, cert: str = "rsa", loop: str | None = None, direct_tls: bool = False) -> ProxyProcess:
+        key = (cert, loop, direct_tls)
+        proxy = cache.get(key)
+        if proxy is None or not proxy.is_running():
+            proxy = starter(backend=f"{prosody.host}:{prosody.port}", cert=cert, loop=loop, direct_tls=direct_tls)
+            cache[key] = proxy
+        return proxy
+
+    try:
+        yield get
+    finally:
+        starter.stop_all()
+
+
+@pytest.fixture(params=LOOPS)
+def event_loop_name(request: pytest.FixtureRequest) -> str:
+    """Parametrizes a test over the proxy's event loops (--loop asyncio / uvloop)."""
+    loop = str(request.param)
+    require_loop(loop)
+    return loop

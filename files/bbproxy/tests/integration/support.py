@@ -1,0 +1,628 @@
+"""Helpers for the integration tests: processes, sockets, clients. Fixtures are in conftest.py.
+
+Everything runs on 127.0.0.1 with ports picked by binding port 0, in pytest's temp dirs.
+Every wait has a deadline; every process we start is stopped by its PID.
+
+Environment:
+  BBPROXY_TEST_CMD  command that runs the proxy (shell-split), default
+                    "<this python> -m bbproxy" with files/bbproxy/src on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # files/bbproxy
+REPO_ROOT = PACKAGE_DIR.parents[1]
+LOGIN_CHECK = REPO_ROOT / "tools" / "xmpp_login_check.py"
+DOMAIN = "example.test"
+LOOPBACK = "127.0.0.1"
+# Python deprecates TLSVersion.TLSv1/TLSv1_1; the tests use them on purpose.
+DEPRECATED_TLS_MESSAGE = r"ssl\.TLSVersion\.TLSv1(_1)? is deprecated"
+
+STREAM_NS = "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+
+
+def stream_header(to: str = DOMAIN, *, prolog: bool = True) -> bytes:
+    head = "<?xml version='1.0'?>" if prolog else ""
+    return f"{head}<stream:stream {STREAM_NS} to='{to}' version='1.0'>".encode()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bind to port 0, then release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_accepts(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not installed: {install_hint}", pytrace=False)
+    return path
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """SIGTERM by PID, then SIGKILL after ``grace`` seconds. Returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+    return proc.returncode
+
+
+def tls_version(name: str) -> ssl.TLSVersion:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DEPRECATED_TLS_MESSAGE, category=DeprecationWarning)
+        return {
+            "1.0": ssl.TLSVersion.TLSv1,
+            "1.1": ssl.TLSVersion.TLSv1_1,
+            "1.2": ssl.TLSVersion.TLSv1_2,
+            "1.3": ssl.TLSVersion.TLSv1_3,
+        }[name]
+
+
+def client_context(version: str, cafile: Path | None, *, alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    """A client SSLContext pinned to exactly one TLS version, verifying against ``cafile``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    pinned = tls_version(version)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DEPRECATED_TLS_MESSAGE, category=DeprecationWarning)
+        ctx.minimum_version = pinned
+        ctx.maximum_version = pinned
+    if version in ("1.0", "1.1"):
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if cafile is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(cafile=str(cafile))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def recv_until(sock: socket.socket | ssl.SSLSocket, needle: bytes, timeout: float) -> bytes:
+    """Read until ``needle`` is in the data, EOF, or the deadline; returns everything read."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while needle not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except (ConnectionResetError, ssl.SSLEOFError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_until_closed(sock: socket.socket | ssl.SSLSocket, timeout: float) -> tuple[bytes, bool]:
+    """Read until EOF or the deadline. Returns (data, closed_by_peer)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return data, False
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return data, False
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclasses.dataclass(frozen=True)
+class CertPair:
+    cert: Path  # leaf + intermediate, PEM
+    key: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Certs:
+    cafile: Path  # the root only: clients verify the chain the proxy sends
+    rsa: CertPair
+    ecdsa: CertPair
+    other_key: Path  # a valid key that matches neither certificate
+
+    def pair(self, kind: str) -> CertPair:
+        return {"rsa": self.rsa, "ecdsa": self.ecdsa}[kind]
+
+
+# --------------------------------------------------------------------------- prosody
+
+
+@dataclasses.dataclass(frozen=True)
+class Prosody:
+    host: str
+    port: int
+    domain: str
+    passwords: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
+PROSODY_CONFIG = """\
+-- Private Prosody for the bbproxy integration tests. Plaintext c2s on loopback only.
+run_as_root = true -- CI and this machine run tests as root; nothing here needs privileges
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+certificates = "{dir}/certs"
+plugin_paths = {{}}
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+c2s_direct_tls_ports = {{}}
+legacy_ssl_ports = {{}}
+s2s_ports = {{}}
+component_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "posix" }}
+modules_disabled = {{ "s2s" }}
+c2s_require_encryption = false
+s2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+network_settings = {{ nagle = false }}
+log = {{ debug = "{dir}/prosody.log" }}
+
+VirtualHost "{domain}"
+    modules_disabled = {{ "tls" }}
+"""
+
+
+# --------------------------------------------------------------------------- recording backend
+
+
+class RecordingBackend:
+    """A plain TCP server (threads) that records every byte each connection sends it.
+
+    With ``forward_to`` it also relays each connection to that address (e.g. Prosody), so one
+    backend can both serve real logins and prove that nothing else reached it.
+    """
+
+    def __init__(self, forward_to: tuple[str, int] | None = None, port: int = 0) -> None:
+        self.forward_to = forward_to
+        self._lock = threading.Lock()
+        self._received: list[bytearray] = []
+        self._sockets: list[socket.socket] = []
+        self._stopping = False
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((LOOPBACK, port))
+        self.listener.listen(128)
+        self.port = int(self.listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._accept_loop, name="recording-backend", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def connections(self) -> list[bytes]:
+        """What each accepted connection has sent so far, in accept order."""
+        with self._lock:
+            return [bytes(b) for b in self._received]
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._received)
+
+    def wait_for_connections(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        wait_until(lambda: self.connection_count >= count, timeout, f"{count} backend connection(s)")
+        return self.connections
+
+    def wait_for_bytes(self, index: int, needle: bytes, timeout: float = 5.0) -> bytes:
+        wait_until(
+            lambda: self.connection_count > index and needle in self.connections[index],
+            timeout,
+            f"{needle!r} on backend connection {index}",
+        )
+        return self.connections[index]
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._stopping:
+                    conn.close()
+                    return
+                record = bytearray()
+                self._received.append(record)
+                self._sockets.append(conn)
+            threading.Thread(target=self._serve, args=(conn, record), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, record: bytearray) -> None:
+        upstream: socket.socket | None = None
+        if self.forward_to is not None:
+            try:
+                upstream = socket.create_connection(self.forward_to, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                conn.close()
+                return
+            with self._lock:
+                self._sockets.append(upstream)
+            threading.Thread(target=self._pipe, args=(upstream, conn, None), daemon=True).start()
+        self._pipe(conn, upstream, record)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket | None, record: bytearray | None) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record is not None:
+                    with self._lock:
+                        record.extend(data)
+                if dst is not None:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                if s is not None:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            sockets = list(self._sockets)
+        # shutdown() wakes a thread blocked in accept(); close() alone does not on Linux.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self._thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the proxy
+
+
+def proxy_command() -> list[str]:
+    override = os.environ.get("BBPROXY_TEST_CMD")
+    if override:
+        return shlex.split(override)
+    return [sys.executable, "-m", "bbproxy"]
+
+
+def proxy_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if not os.environ.get("BBPROXY_TEST_CMD"):
+        src = str(PACKAGE_DIR / "src")
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_proxy_once(args: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the proxy CLI to completion (e.g. --check-config); never listens."""
+    return subprocess.run(
+        [*proxy_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=proxy_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def write_toml(path: Path, config: dict[str, Any]) -> Path:
+    """A tiny TOML writer: top-level scalars/lists, then one level of [tables]."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, values in config.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{table}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclasses.dataclass
+class ProxyProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    direct_tls_port: int | None
+    backend: str
+    loop: str | None
+    stopped: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def is_running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        """SIGTERM, bounded wait, SIGKILL; asserts a clean exit and no traceback in the log."""
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        status = stop_process(self.proc)
+        log = self.log_text()
+        assert "Traceback" not in log, f"traceback in the proxy log:\n{log[-4000:]}"
+        assert status == 0, f"proxy exited with {status} on SIGTERM (contract: 0):\n{log[-2000:]}"
+        return status
+
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+class ProxyStarter:
+    def __init__(self, directory: Path, certs: Certs) -> None:
+        self.directory = directory
+        self.certs = certs
+        self.started: list[ProxyProcess] = []
+        self._n = 0
+
+    def __call__(
+        self,
+        *,
+        backend: str,
+        cert: str = "rsa",
+        loop: str | None = None,
+        min_tls: str | None = None,
+        direct_tls: bool = False,
+        config: dict[str, Any] | None = None,
+        domains: Sequence[str] = (DOMAIN,),
+        extra_args: Sequence[str] = (),
+        ready_timeout: float = 15.0,
+    ) -> ProxyProcess:
+        self._n += 1
+        port = free_port()
+        direct_port = free_port() if direct_tls else None
+        pair = self.certs.pair(cert)
+        args = [
+            "--listen", f"{LOOPBACK}:{port}",
+            "--backend", backend,
+            "--cert", str(pair.cert),
+            "--key", str(pair.key),
+        ]  # fmt: skip
+        for domain in domains:
+            args += ["--domain", domain]
+        if direct_port is not None:
+            args += ["--direct-tls-listen", f"{LOOPBACK}:{direct_port}"]
+        if min_tls is not None:
+            args += ["--min-tls", min_tls]
+        if loop is not None:
+            args += ["--loop", loop]
+        if config is not None:
+            args += ["--config", str(write_toml(self.directory / f"proxy{self._n}.toml", config))]
+        args += list(extra_args)
+        log_path = self.directory / f"proxy{self._n}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*proxy_command(), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=proxy_env(),
+                start_new_session=True,
+            )
+        proxy = ProxyProcess(proc, log_path, port, direct_port, backend, loop)
+        self.started.append(proxy)
+        deadline = time.monotonic() + ready_timeout
+        while "ready" not in proxy.log_text():
+            if proc.poll() is not None:
+                proxy.stopped = True
+                pytest.fail(f"proxy exited with {proc.returncode} before 'ready':\n{proxy.log_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                stop_process(proc)
+                proxy.stopped = True
+                pytest.fail(f"proxy not ready within {ready_timeout}s:\n{proxy.log_text()[-4000:]}")
+            time.sleep(0.02)
+        return proxy
+
+    def stop_all(self) -> None:
+        errors = []
+        for proxy in self.started:
+            try:
+                proxy.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+# --------------------------------------------------------------------------- loops and clients
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def require_loop(loop: str) -> None:
+    if loop == "uvloop":
+        probe = subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True, timeout=30, check=False)
+        if probe.returncode != 0:
+            pytest.skip("uvloop not installed (optional extra): pip install uvloop")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginResult:
+    returncode: int
+    output: str
+
+
+def run_login_check(
+    *,
+    port: int,
+    prosody: Prosody,
+    cafile: Path,
+    tls: str,
+    peer_tls: str | None = None,
+    user: str = "alice",
+    peer: str = "bob",
+    direct_tls: bool = False,
+    timeout: float = 20.0,
+    extra: Sequence[str] = (),
+) -> LoginResult:
+    """Run tools/xmpp_login_check.py as a subprocess (passwords via the environment)."""
+    args = [
+        sys.executable, str(LOGIN_CHECK),
+        "--host", LOOPBACK, "--port", str(port), "--domain", prosody.domain,
+        "--tls", tls, "--user", user, "--peer", peer,
+        "--cafile", str(cafile), "--timeout", str(timeout),
+    ]  # fmt: skip
+    if peer_tls:
+        args += ["--peer-tls", peer_tls]
+    if direct_tls:
+        args.append("--direct-tls")
+    args += list(extra)
+    env = dict(os.environ)
+    env["XMPP_CHECK_PASSWORD"] = prosody.passwords[user]
+    env["XMPP_CHECK_PEER_PASSWORD"] = prosody.passwords[peer]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout + 10, env=env, stdin=subprocess.DEVNULL, check=False
+    )
+    output = result.stdout + result.stderr
+    for password in prosody.passwords.values():
+        assert password not in output, "the login check printed a password"
+    return LoginResult(result.returncode, output)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenSSLResult:
+    returncode: int
+    output: str
+
+    @property
+    def protocol(self) -> str | None:
+        """The negotiated version from the SSL-Session ``Protocol  :`` line.
+
+        With TLS 1.3 and an empty stdin, s_client quits before the session ticket arrives and
+        prints no SSL-Session block; then the ``New, TLSv1.3, Cipher is`` line says it (that
+        line names the cipher's own version, which is only the protocol's for TLS 1.3 suites).
+        """
+        for line in self.output.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("Protocol") and ":" in stripped:
+                return stripped.split(":", 1)[1].strip()
+        match = re.search(r"^New, (TLSv1\.3), Cipher is", self.output, re.MULTILINE)
+        return match.group(1) if match else None
+
+    @property
+    def cipher(self) -> str | None:
+        match = re.search(r"^New, \S+, Cipher is (\S+)", self.output, re.MULTILINE)
+        return match.group(1) if match else None
+
+
+def run_s_client(
+    port: int,
+    *,
+    version_flag: str,
+    cafile: Path,
+    starttls: bool = True,
+    alpn: str | None = None,
+    sni: bool = True,
+    extra: Sequence[str] = (),
+    timeout: float = 20.0,
+) -> OpenSSLResult:
+    """``openssl s_client`` against the proxy; stdin is empty so it quits after the handshake."""
+    openssl = require_tool("openssl", "apt-get install openssl")
+    args = [openssl, "s_client", "-connect", f"{LOOPBACK}:{port}", version_flag]
+    args += ["-servername", DOMAIN] if sni else ["-noservername"]
+    if version_flag in ("-tls1", "-tls1_1"):
+        args += ["-cipher", "DEFAULT:@SECLEVEL=0"]
+    if starttls:
+        args += ["-starttls", "xmpp", "-xmpphost", DOMAIN]
+    if alpn:
+        args += ["-alpn", alpn]
+    args += ["-CAfile", str(cafile), "-verify_hostname", DOMAIN, "-verify_return_error", *extra]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
+    return OpenSSLResult(result.returncode, result.stdout + result.stderr)

@@ -1,0 +1,61 @@
+"""`openssl s_client` negotiates every supported TLS version through the proxy (STARTTLS and direct TLS)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .support import Certs, ProxyFactory, run_s_client
+
+VERSION_FLAGS = {"-tls1": "TLSv1", "-tls1_1": "TLSv1.1", "-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}
+
+
+def assert_negotiated(result_output: str, returncode: int, protocol: str | None, expected: str) -> None:
+    assert returncode == 0, f"s_client failed:\n{result_output}"
+    assert protocol == expected, f"expected {expected}, got {protocol}:\n{result_output}"
+    assert "Verify return code: 0 (ok)" in result_output, result_output
+
+
+@pytest.mark.parametrize("cert", ["rsa", "ecdsa"])
+@pytest.mark.parametrize("flag", ["-tls1", "-tls1_1", "-tls1_2", "-tls1_3"])
+def test_starttls_negotiates_version(shared_proxies: ProxyFactory, certs: Certs, cert: str, flag: str) -> None:
+    proxy = shared_proxies(cert=cert)
+    result = run_s_client(proxy.port, version_flag=flag, cafile=certs.cafile)
+    assert_negotiated(result.output, result.returncode, result.protocol, VERSION_FLAGS[flag])
+
+
+@pytest.mark.parametrize("flag", ["-tls1", "-tls1_3"])
+def test_starttls_tls_on_each_event_loop(
+    shared_proxies: ProxyFactory, certs: Certs, event_loop_name: str, flag: str
+) -> None:
+    proxy = shared_proxies(cert="ecdsa", loop=event_loop_name)
+    result = run_s_client(proxy.port, version_flag=flag, cafile=certs.cafile)
+    assert_negotiated(result.output, result.returncode, result.protocol, VERSION_FLAGS[flag])
+
+
+@pytest.mark.parametrize("cert", ["rsa", "ecdsa"])
+def test_starttls_without_sni_gets_the_domain_certificate(
+    shared_proxies: ProxyFactory, certs: Certs, cert: str
+) -> None:
+    """Old clients (Java 6) send no SNI; the stream 'to' picks the certificate."""
+    proxy = shared_proxies(cert=cert)
+    result = run_s_client(proxy.port, version_flag="-tls1", cafile=certs.cafile, sni=False)
+    assert_negotiated(result.output, result.returncode, result.protocol, "TLSv1")
+
+
+@pytest.mark.parametrize("flag", ["-tls1", "-tls1_2", "-tls1_3"])
+def test_direct_tls_negotiates_version_and_alpn(shared_proxies: ProxyFactory, certs: Certs, flag: str) -> None:
+    proxy = shared_proxies(cert="rsa", direct_tls=True)
+    assert proxy.direct_tls_port is not None
+    result = run_s_client(
+        proxy.direct_tls_port, version_flag=flag, cafile=certs.cafile, starttls=False, alpn="xmpp-client"
+    )
+    assert_negotiated(result.output, result.returncode, result.protocol, VERSION_FLAGS[flag])
+    assert "ALPN protocol: xmpp-client" in result.output, result.output
+
+
+def test_min_tls_refuses_older_versions(proxy_factory: ProxyFactory, prosody, certs: Certs) -> None:  # type: ignore[no-untyped-def]
+    proxy = proxy_factory(backend=f"{prosody.host}:{prosody.port}", min_tls="1.2")
+    refused = run_s_client(proxy.port, version_flag="-tls1", cafile=certs.cafile)
+    assert refused.returncode != 0, refused.output
+    accepted = run_s_client(proxy.port, version_flag="-tls1_2", cafile=certs.cafile)
+    assert_negotiated(accepted.output, accepted.returncode, accepted.protocol, "TLSv1.2")
