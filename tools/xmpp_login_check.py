@@ -150,7 +150,9 @@ class _Client:
         if self.failure is None:
             self.failure = reason
         if not self.started.done():
-            self.started.set_exception(CheckFailed(f"{self.account.label} {self.account.localpart}: {reason}"))
+            self.started.set_exception(
+                CheckFailed(f"{self.account.label} {self.account.localpart}: {reason}")
+            )
         for fut in self.received.values():
             if not fut.done():
                 fut.set_exception(CheckFailed(f"{self.account.label} {self.account.localpart}: {reason}"))
@@ -202,7 +204,9 @@ class _Client:
         info = self.tls_info()
         if info is None:
             raise CheckFailed(f"{self.account.label} {self.account.localpart}: no TLS on the stream")
-        mechanisms = self.xmpp.plugin.get("feature_mechanisms", None) if hasattr(self.xmpp, "plugin") else None
+        mechanisms = (
+            self.xmpp.plugin.get("feature_mechanisms", None) if hasattr(self.xmpp, "plugin") else None
+        )
         mech = getattr(getattr(mechanisms, "mech", None), "name", None)
         return UserResult(str(self.xmpp.boundjid.full), info[0], info[1], info[2], mech)
 
@@ -240,7 +244,9 @@ async def run_check_async(args: argparse.Namespace) -> list[UserResult]:
         pending = {client.started for client in clients}
         while pending:
             remaining = deadline - time.monotonic()
-            done, pending = await asyncio.wait(pending, timeout=max(remaining, 0), return_when=asyncio.FIRST_EXCEPTION)
+            done, pending = await asyncio.wait(
+                pending, timeout=max(remaining, 0), return_when=asyncio.FIRST_EXCEPTION
+            )
             for fut in done:
                 fut.result()  # raises CheckFailed with the client's reason
             if pending and not done:
@@ -267,10 +273,14 @@ def run_check(args: argparse.Namespace) -> list[UserResult]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to connect to (no DNS lookup of the domain)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to connect to (no DNS lookup of the domain)"
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--domain", required=True, help="XMPP domain (stream 'to', SNI, certificate name)")
-    parser.add_argument("--tls", choices=TLS_VERSIONS, default="1.3", help="TLS version the user must negotiate")
+    parser.add_argument(
+        "--tls", choices=TLS_VERSIONS, default="1.3", help="TLS version the user must negotiate"
+    )
     parser.add_argument("--peer-tls", choices=TLS_VERSIONS, help="TLS version for the peer (default: --tls)")
     parser.add_argument("--user", required=True, help="localpart of the sending user")
     parser.add_argument("--password", help="the user's password (or env XMPP_CHECK_PASSWORD)")
@@ -285,16 +295,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sasl-mech", default=None, help="force one SASL mechanism, e.g. PLAIN (default: best offered)"
     )
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds; the check always ends within this")
+    parser.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds; the check always ends within this"
+    )
     args = parser.parse_args(argv)
     args.password = args.password if args.password is not None else os.environ.get("XMPP_CHECK_PASSWORD")
     args.peer_password = (
         args.peer_password if args.peer_password is not None else os.environ.get("XMPP_CHECK_PEER_PASSWORD")
     )
     if not args.password or not args.peer_password:
-        parser.error(
-            "passwords are required: --password/--peer-password or XMPP_CHECK_PASSWORD/XMPP_CHECK_PEER_PASSWORD"
-        )
+        parser.error("passwords: --password/--peer-password or XMPP_CHECK_PASSWORD/XMPP_CHECK_PEER_PASSWORD")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     return args

@@ -125,7 +125,9 @@ def proxy_factory(tmp_path: Path, certs: Certs) -> Iterator[ProxyFactory]:
 
 
 @pytest.fixture(scope="session")
-def shared_proxies(tmp_path_factory: pytest.TempPathFactory, certs: Certs, prosody: Prosody) -> Iterator[ProxyFactory]:
+def shared_proxies(
+    tmp_path_factory: pytest.TempPathFactory, certs: Certs, prosody: Prosody
+) -> Iterator[ProxyFactory]:
     """Proxies in front of the session's Prosody, started once per distinct option set.
 
     For tests that only connect as clients and leave the proxy as they found it.
@@ -137,7 +139,9 @@ def shared_proxies(tmp_path_factory: pytest.TempPathFactory, certs: Certs, proso
         key = (cert, loop, direct_tls)
         proxy = cache.get(key)
         if proxy is None or not proxy.is_running():
-            proxy = starter(backend=f"{prosody.host}:{prosody.port}", cert=cert, loop=loop, direct_tls=direct_tls)
+            proxy = starter(
+                backend=f"{prosody.host}:{prosody.port}", cert=cert, loop=loop, direct_tls=direct_tls
+            )
             cache[key] = proxy
         return proxy
 

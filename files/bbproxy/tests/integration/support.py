@@ -10,6 +10,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -329,26 +330,20 @@ class RecordingBackend:
         finally:
             for s in (src, dst):
                 if s is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
     def close(self) -> None:
         with self._lock:
             self._stopping = True
             sockets = list(self._sockets)
         # shutdown() wakes a thread blocked in accept(); close() alone does not on Linux.
-        try:
+        with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.listener.close()
         for s in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
         self._thread.join(timeout=5)
 
@@ -500,7 +495,9 @@ class ProxyStarter:
         while "ready" not in proxy.log_text():
             if proc.poll() is not None:
                 proxy.stopped = True
-                pytest.fail(f"proxy exited with {proc.returncode} before 'ready':\n{proxy.log_text()[-4000:]}")
+                pytest.fail(
+                    f"proxy exited with {proc.returncode} before 'ready':\n{proxy.log_text()[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 stop_process(proc)
                 proxy.stopped = True
@@ -526,7 +523,9 @@ LOOPS = ("asyncio", "uvloop")
 
 def require_loop(loop: str) -> None:
     if loop == "uvloop":
-        probe = subprocess.run([sys.executable, "-c", "import uvloop"], capture_output=True, timeout=30, check=False)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import uvloop"], capture_output=True, timeout=30, check=False
+        )
         if probe.returncode != 0:
             pytest.skip("uvloop not installed (optional extra): pip install uvloop")
 
@@ -566,7 +565,13 @@ def run_login_check(
     env["XMPP_CHECK_PASSWORD"] = prosody.passwords[user]
     env["XMPP_CHECK_PEER_PASSWORD"] = prosody.passwords[peer]
     result = subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout + 10, env=env, stdin=subprocess.DEVNULL, check=False
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
     output = result.stdout + result.stderr
     for password in prosody.passwords.values():

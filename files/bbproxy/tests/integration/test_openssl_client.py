@@ -6,6 +6,8 @@ import pytest
 
 from .support import Certs, ProxyFactory, run_s_client
 
+pytestmark = pytest.mark.integration
+
 VERSION_FLAGS = {"-tls1": "TLSv1", "-tls1_1": "TLSv1.1", "-tls1_2": "TLSv1.2", "-tls1_3": "TLSv1.3"}
 
 
@@ -17,7 +19,9 @@ def assert_negotiated(result_output: str, returncode: int, protocol: str | None,
 
 @pytest.mark.parametrize("cert", ["rsa", "ecdsa"])
 @pytest.mark.parametrize("flag", ["-tls1", "-tls1_1", "-tls1_2", "-tls1_3"])
-def test_starttls_negotiates_version(shared_proxies: ProxyFactory, certs: Certs, cert: str, flag: str) -> None:
+def test_starttls_negotiates_version(
+    shared_proxies: ProxyFactory, certs: Certs, cert: str, flag: str
+) -> None:
     proxy = shared_proxies(cert=cert)
     result = run_s_client(proxy.port, version_flag=flag, cafile=certs.cafile)
     assert_negotiated(result.output, result.returncode, result.protocol, VERSION_FLAGS[flag])
@@ -43,7 +47,9 @@ def test_starttls_without_sni_gets_the_domain_certificate(
 
 
 @pytest.mark.parametrize("flag", ["-tls1", "-tls1_2", "-tls1_3"])
-def test_direct_tls_negotiates_version_and_alpn(shared_proxies: ProxyFactory, certs: Certs, flag: str) -> None:
+def test_direct_tls_negotiates_version_and_alpn(
+    shared_proxies: ProxyFactory, certs: Certs, flag: str
+) -> None:
     proxy = shared_proxies(cert="rsa", direct_tls=True)
     assert proxy.direct_tls_port is not None
     result = run_s_client(
