@@ -1,0 +1,169 @@
+# bbproxy: the two README commands and the layers behind them.
+#
+#   make demo        build a local systemd Debian container, provision it with site.yml,
+#                    show a TLS 1.0 client logging in through the proxy   (make demo-clean)
+#   make test        apt packages (when root) + pinned venv, then every test layer:
+#                    lint, Python tests, molecule test (Debian 12)
+#
+# Run `make help` for the single layers. Everything container-related needs root (privileged
+# systemd containers); see docs/testing.md.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+BIN := $(VENV)/bin
+
+# Podman on this kind of machine needs runc, cgroupfs and raised ulimits (see the file).
+export CONTAINERS_CONF := $(CURDIR)/molecule/image/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+# What the layers need on the machine. prosody/socat/lua5.4: the proxy's integration tests
+# run a private Prosody on loopback; podman/runc/iptables/debootstrap: the test containers.
+APT_PACKAGES := podman runc iptables debootstrap prosody socat lua5.4 openssl make \
+	python3 python3-venv ca-certificates git
+
+# The published demo ports (127.0.0.1 only). Change them if they are taken: make demo DEMO_PORT=...
+DEMO_PORT ?= 15222
+DEMO_DIRECT_TLS_PORT ?= 15223
+export DEMO_PORT DEMO_DIRECT_TLS_PORT
+
+BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
+
+.PHONY: help deps venv image image-trixie lint test-python molecule molecule-trixie test \
+	demo demo-clean clean-venv
+
+help:
+	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
+	@echo "make demo-clean       remove the demo container"
+	@echo "make test             everything below except molecule-trixie (what CI runs)"
+	@echo "  make deps           apt packages (only when root and missing)"
+	@echo "  make venv           .venv/ from requirements-dev.txt (+ files/bbproxy editable)"
+	@echo "  make image          Debian 12 systemd image (cached by tag)"
+	@echo "  make lint           yamllint, ansible-lint, ruff, mypy"
+	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
+	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
+	@echo "make molecule-trixie  molecule test: Debian 13 / Prosody 13 (optional, slower)"
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+	  echo "deps: all apt packages present"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "deps: not root, skipping apt. Missing:$$missing"; \
+	  echo "deps: install them with: sudo apt-get install$$missing"; \
+	else \
+	  echo "deps: installing$$missing"; \
+	  apt-get update; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	  if [[ " $$missing " == *" prosody "* ]] && [ -d /run/systemd/system ]; then \
+	    echo "deps: stopping the host's new Prosody service; tests start their own on loopback"; \
+	    systemctl disable --now prosody || true; \
+	  fi; \
+	fi
+
+venv: $(VENV)/.requirements.stamp $(if $(BBPROXY_PYPROJECT),$(VENV)/.bbproxy.stamp)
+
+$(VENV)/.requirements.stamp: requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "venv: $(PYTHON) is older than Python 3.11; set PYTHON=python3.11" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+# The proxy package, editable, so its tests and the login tool import the working tree.
+$(VENV)/.bbproxy.stamp: $(VENV)/.requirements.stamp $(BBPROXY_PYPROJECT)
+	$(BIN)/python -m pip install --quiet --no-deps -e files/bbproxy
+	@touch $@
+
+clean-venv:
+	rm -rf $(VENV)
+
+image:
+	molecule/image/build.sh bookworm
+
+image-trixie:
+	molecule/image/build.sh trixie
+
+# ---------------------------------------------------------------------------------------------
+# Test layers
+
+# pytest exits 5 when it collected no tests. This is the one place that decides what that means:
+#   $(call pytest_layer,NAME,required|optional,TEST PATH [PYTEST ARGS])
+# A required layer that collects nothing (or whose test path is missing) fails; an optional one
+# says so and counts as neither a pass nor a failure. Any other non-zero exit fails the layer.
+define pytest_layer
+	@if [ ! -e "$(firstword $(3))" ]; then rc=5; \
+	else rc=0; $(BIN)/pytest $(3) || rc=$$?; fi; \
+	if [ $$rc -eq 5 ]; then \
+	  if [ "$(2)" = required ]; then \
+	    echo "FAIL: test layer '$(1)' collected no tests ($(firstword $(3))); it must have tests" >&2; exit 1; \
+	  else \
+	    echo "NOTE: test layer '$(1)' has no tests ($(firstword $(3))): nothing run, not counted as a pass"; \
+	  fi; \
+	elif [ $$rc -ne 0 ]; then \
+	  echo "FAIL: test layer '$(1)' (pytest exit $$rc)" >&2; exit $$rc; \
+	fi
+endef
+
+# Lint only tracked and new files (never .venv/ or other ignored trees).
+YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests scripts)
+
+lint: venv
+	@echo "--- yamllint"
+	$(BIN)/yamllint $(YAML_FILES)
+	@echo "--- ansible-lint"
+	$(BIN)/ansible-lint
+	@echo "--- ruff"
+	$(BIN)/ruff check $(PY_DIRS)
+	@if [ -d files/bbproxy/src ]; then \
+	  echo "--- mypy (files/bbproxy/src)"; \
+	  cd files/bbproxy && $(BIN)/mypy src; \
+	fi
+
+test-python: venv
+	$(call pytest_layer,bbproxy,required,files/bbproxy/tests)
+	$(call pytest_layer,tools,optional,tools/tests)
+
+# molecule test = destroy, syntax, create, check, converge, idempotence, verify, destroy.
+molecule: venv image
+	$(BIN)/molecule test -s default
+
+molecule-trixie: venv image-trixie
+	$(BIN)/molecule test -s trixie
+
+# Every layer runs even when an earlier one fails, so one CI run shows every failure; the
+# summary at the end says which failed and how long each took.
+TEST_LAYERS := lint test-python molecule
+test: deps venv
+	@failed=""; summary=""; start_all=$$SECONDS; \
+	for layer in $(TEST_LAYERS); do \
+	  echo; echo "=================== make $$layer"; start=$$SECONDS; \
+	  if $(MAKE) $$layer; then result=ok; else result=FAILED; failed="$$failed $$layer"; fi; \
+	  summary="$$summary$$(printf '  %-12s %-7s %4ss' $$layer $$result $$((SECONDS - start)))\n"; \
+	done; \
+	echo; echo "=================== summary ($$((SECONDS - start_all))s)"; printf "$$summary"; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed" >&2; exit 1; fi; \
+	echo "all test layers passed"
+
+# ---------------------------------------------------------------------------------------------
+# Demo
+
+demo: deps venv image
+	scripts/demo.sh up
+
+demo-clean:
+	scripts/demo.sh clean

@@ -1,0 +1,234 @@
+"""Helpers for the testinfra checks: the scenario's facts, commands in the container, XMPP bytes.
+
+Where the facts come from (each written down once):
+- the instance name: the scenario's molecule.yml ($MOLECULE_FILE); its published ports: podman;
+- domain, users and passwords: molecule/shared/group_vars/all.yml (the converge variables);
+- certificate paths: the deployed /etc/bbproxy/bbproxy.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+GROUP_VARS = HERE.parent / "group_vars" / "all.yml"
+LOGIN_TOOL = REPO / "tools" / "xmpp_login_check.py"
+BBPROXY_TOML = "/etc/bbproxy/bbproxy.toml"
+# s_client needs SECLEVEL 0 for TLS 1.0's MD5+SHA1 handshake signature on OpenSSL 3.
+LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+TLS_PROTOCOL = re.compile(r"^Protocol version: (\S+)$", re.MULTILINE)
+# login_check(tls="1.0", *, direct_tls=False, cafile=None) -> CompletedProcess (see conftest.py)
+LoginCheck = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    name: str
+    domain: str
+    password: str
+
+    @property
+    def jid(self) -> str:
+        return f"{self.name}@{self.domain}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    instance: str
+    published: dict[int, int]  # container port -> host port on 127.0.0.1
+    domain: str
+    users: tuple[User, ...]
+    direct_tls: bool
+
+    def host_port(self, container_port: int) -> int:
+        if container_port not in self.published:
+            pytest.fail(f"molecule.yml publishes no host port for container port {container_port}")
+        return self.published[container_port]
+
+
+def published_ports(instance: str) -> dict[int, int]:
+    """Container port -> host port, as podman published them (molecule.yml lets podman pick free
+    host ports, so parallel runs and other services on the host never collide). Only ports
+    published on 127.0.0.1 count: nothing here may talk to the container's bridge address."""
+    output = subprocess.run(["podman", "port", instance], capture_output=True, text=True, timeout=30, check=True).stdout
+    ports = {}
+    for line in output.splitlines():  # "5222/tcp -> 127.0.0.1:41234"
+        container, _, published = line.partition(" -> ")
+        address, _, host_port = published.rpartition(":")
+        if container.endswith("/tcp") and address == "127.0.0.1":
+            ports[int(container.split("/")[0])] = int(host_port)
+    return ports
+
+
+def load_scenario() -> Scenario:
+    molecule_file = os.environ.get("MOLECULE_FILE")
+    if not molecule_file:
+        raise RuntimeError("MOLECULE_FILE is not set: run these checks through `molecule verify`")
+    platform = yaml.safe_load(Path(molecule_file).read_text())["platforms"][0]
+    for spec in platform.get("published_ports", []):
+        if not spec.startswith("127.0.0.1:"):
+            raise RuntimeError(f"{molecule_file}: publish on 127.0.0.1 only, not {spec!r}")
+    test_vars = yaml.safe_load(GROUP_VARS.read_text())
+    users = tuple(User(u["name"], u["domain"], u["password"]) for u in test_vars["bbproxy_prosody_users"])
+    return Scenario(
+        instance=platform["name"],
+        published=published_ports(platform["name"]),
+        domain=test_vars["bbproxy_domains"][0],
+        users=users,
+        direct_tls=bool(test_vars.get("bbproxy_direct_tls_enabled", False)),
+    )
+
+
+def served_cert_path(config: dict[str, Any], domain: str) -> tuple[str, str]:
+    """(cert, key) the proxy serves for DOMAIN, per its deployed TOML."""
+    entry = config.get("certificates", {}).get(domain, {})
+    return entry.get("cert", config["cert"]), entry.get("key", config["key"])
+
+
+# ---- commands in the container ----------------------------------------------------------------
+
+
+def run_ok(host: Any, command: str) -> str:
+    """Run COMMAND in the container; fail the test with its output when it exits non-zero."""
+    result = host.run(command)
+    if result.rc != 0:
+        pytest.fail(f"`{command}` exited {result.rc}:\n{result.stdout}{result.stderr}")
+    return str(result.stdout)
+
+
+def s_client(
+    host: Any, port: int, domain: str, tls_flag: str, *, starttls: bool = True, address: str = "127.0.0.1"
+) -> str:
+    """openssl s_client inside the container; returns its -brief summary (stdout+stderr)."""
+    starttls_args = f"-starttls xmpp -xmpphost {shlex.quote(domain)}" if starttls else ""
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    command = (
+        f"timeout 20 openssl s_client -connect {target} {starttls_args} "
+        f"-servername {shlex.quote(domain)} {tls_flag} -cipher {shlex.quote(LEGACY_CIPHERS)} "
+        "-brief </dev/null 2>&1"
+    )
+    return str(host.run(command).stdout)
+
+
+def negotiated_protocol(summary: str) -> str | None:
+    match = TLS_PROTOCOL.search(summary)
+    return match.group(1) if match else None
+
+
+def served_fingerprint(host: Any, port: int, domain: str, *, starttls: bool = True) -> str:
+    """SHA-256 fingerprint of the certificate a new handshake gets now."""
+    starttls_args = f"-starttls xmpp -xmpphost {shlex.quote(domain)}" if starttls else ""
+    command = (
+        f"timeout 20 openssl s_client -connect 127.0.0.1:{port} {starttls_args} "
+        f"-servername {shlex.quote(domain)} </dev/null 2>/dev/null "
+        "| openssl x509 -noout -fingerprint -sha256"
+    )
+    return run_ok(host, command).strip().split("=", 1)[-1]
+
+
+def file_fingerprint(host: Any, path: str) -> str:
+    return run_ok(host, f"openssl x509 -noout -fingerprint -sha256 -in {shlex.quote(path)}").strip().split("=", 1)[-1]
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    address: str
+    port: int
+
+
+def tcp_listeners(host: Any) -> list[Listener]:
+    """Every listening TCP socket in the container, from `ss` (addresses without brackets)."""
+    listeners = []
+    for line in run_ok(host, "ss -Hltn").splitlines():
+        local = line.split()[3]  # State Recv-Q Send-Q Local:Port Peer:Port
+        address, _, port = local.rpartition(":")
+        listeners.append(Listener(address.strip("[]").split("%")[0], int(port)))
+    return listeners
+
+
+def systemctl_show(host: Any, unit: str, *props: str) -> dict[str, str]:
+    args = " ".join(f"-p {p}" for p in props)
+    values = {}
+    for line in run_ok(host, f"systemctl show {unit} {args}").splitlines():
+        key, _, value = line.partition("=")
+        values[key] = value
+    return values
+
+
+def main_pid(host: Any, unit: str) -> int:
+    return int(systemctl_show(host, unit, "MainPID")["MainPID"])
+
+
+def listening(host: Any, port: int) -> bool:
+    return any(listener.port == port for listener in tcp_listeners(host))
+
+
+# ---- Prosody's log ---------------------------------------------------------------------------
+
+
+class ProsodyLog:
+    """What Prosody logged after a mark: its files under /var/log/prosody and its journal."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def mark(self) -> dict[str, Any]:
+        sizes = {}
+        for line in self.host.run("stat -c '%s %n' /var/log/prosody/*.log 2>/dev/null").stdout.splitlines():
+            size, name = line.split(" ", 1)
+            sizes[name] = int(size)
+        return {"sizes": sizes, "since": run_ok(self.host, "date '+%Y-%m-%d %H:%M:%S'").strip()}
+
+    def since(self, mark: dict[str, Any]) -> str:
+        text = [
+            self.host.run(f"tail -c +{size + 1} {shlex.quote(name)}").stdout for name, size in mark["sizes"].items()
+        ]
+        journal = self.host.run(f"journalctl -u prosody --no-pager -o cat --since {shlex.quote(mark['since'])}")
+        text.append(journal.stdout)
+        return "".join(text)
+
+
+# ---- raw XMPP from the host ------------------------------------------------------------------
+
+
+def stream_header(domain: str) -> bytes:
+    return (
+        f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' xml:lang='en' "
+        "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    ).encode()
+
+
+def read_until(sock: socket.socket, marker: bytes, limit: int = 65536) -> bytes:
+    """Read until MARKER, EOF or LIMIT bytes; the socket's timeout bounds each read."""
+    data = b""
+    while marker not in data and len(data) < limit:
+        try:
+            chunk = sock.recv(4096)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
