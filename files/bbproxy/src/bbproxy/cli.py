@@ -17,7 +17,11 @@ log = logging.getLogger("bbproxy")
 
 def setup_logging(level: str) -> None:
     # Under systemd the journal stamps each line; elsewhere we do.
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
+    fmt = (
+        "%(levelname)s %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(message)s"
+    )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
 
@@ -25,11 +29,22 @@ def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLo
     """Pick the event loop. See the README's "Event loop" section for why auto is asyncio's."""
     if choice == "uvloop":
         try:
-            import uvloop  # noqa: PLC0415 - optional dependency
+            import uvloop
         except ImportError:
             raise ConfigError("loop: uvloop is not installed (pip install 'bbproxy[uvloop]')") from None
         return "uvloop", uvloop.new_event_loop
     return "asyncio", asyncio.new_event_loop
+
+
+def check_loop_support(settings: Settings, loop_name: str) -> None:
+    """Refuse what a loop is known to get wrong, rather than fail one handshake at a time."""
+    if loop_name == "uvloop" and settings.direct_tls_listen:
+        # uvloop starts reading right after connection_made() returns and ignores a
+        # pause_reading() made inside it, so a direct-TLS ClientHello reaches the plain
+        # protocol before start_tls() can take over (README, "Event loop").
+        raise ConfigError(
+            "loop: uvloop cannot serve direct_tls_listen (it loses the ClientHello); use loop = asyncio"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: Settings = settings_from_args(args)
         contexts = load_contexts(settings)
         loop_name, new_loop = loop_factory(settings.loop)
+        check_loop_support(settings, loop_name)
     except (ConfigError, CertificateError) as exc:
         print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -18,11 +18,13 @@ from typing import Any, Final
 from . import __version__
 from .tls import TLS_VERSIONS, CertPair
 
-DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")  # noqa: S104 - a front door listens everywhere
+DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")
 DEFAULT_BACKEND: Final = "127.0.0.1:5200"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOOPS: Final = ("auto", "asyncio", "uvloop")
-_DOMAIN_RE: Final = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_DOMAIN_RE: Final = re.compile(
+    r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
+)
 
 
 class ConfigError(Exception):
@@ -65,7 +67,7 @@ class Settings:
 def parse_address(value: object, key: str) -> Address:
     """Parse ``HOST:PORT`` or ``[V6]:PORT``."""
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected \"HOST:PORT\", got {value!r}")
+        raise ConfigError(f'{key}: expected "HOST:PORT", got {value!r}')
     text = value.strip()
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
@@ -115,14 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--direct-tls-listen", action="append", metavar="HOST:PORT", help="direct TLS listener, XEP-0368"
     )
-    p.add_argument("--backend", metavar="HOST:PORT", help=f"plaintext Prosody c2s (default {DEFAULT_BACKEND})")
+    p.add_argument(
+        "--backend", metavar="HOST:PORT", help=f"plaintext Prosody c2s (default {DEFAULT_BACKEND})"
+    )
     p.add_argument("--cert", metavar="CERT.pem", help="default certificate chain (PEM)")
     p.add_argument("--key", metavar="KEY.pem", help="private key of --cert (PEM)")
     p.add_argument("--domain", action="append", metavar="DOMAIN", help="served XMPP domain (repeatable)")
     p.add_argument("--min-tls", choices=tuple(TLS_VERSIONS), help="lowest TLS version accepted (default 1.0)")
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--loop", choices=LOOPS, help="event loop (default auto)")
-    p.add_argument("--check-config", action="store_true", help="validate everything and exit, without listening")
+    p.add_argument(
+        "--check-config", action="store_true", help="validate everything and exit, without listening"
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -219,7 +225,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     def pick(flag: object, key: str, default: object = None) -> object:
         return flag if flag is not None else data.get(key, default)
 
-    listen_raw = args.listen if args.listen else _string_list(data.get("listen", list(DEFAULT_LISTEN)), "listen")
+    listen_raw = (
+        args.listen if args.listen else _string_list(data.get("listen", list(DEFAULT_LISTEN)), "listen")
+    )
     direct_raw = (
         args.direct_tls_listen
         if args.direct_tls_listen

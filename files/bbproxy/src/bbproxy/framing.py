@@ -82,7 +82,9 @@ _UTF16_BOMS: Final = (b"\xfe\xff", b"\xff\xfe")
 
 _NAME = r"[^\s/<>=\"'&]+"
 _ATTR_RE: Final = re.compile(r"\s+(" + _NAME + r")\s*=\s*(\"[^\"<]*\"|'[^'<]*')")
-_START_TAG_RE: Final = re.compile(r"<(" + _NAME + r")((?:\s+" + _NAME + r"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*(/?)>\Z")
+_START_TAG_RE: Final = re.compile(
+    r"<(" + _NAME + r")((?:\s+" + _NAME + r"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*(/?)>\Z"
+)
 _END_TAG_RE: Final = re.compile(r"</(" + _NAME + r")\s*>\Z")
 _XML_DECL_RE: Final = re.compile(r"<\?xml((?:\s+[A-Za-z]+\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*\?>\Z")
 _QNAME_RE: Final = re.compile(r"(?:([A-Za-z_][\w.\-]*):)?([A-Za-z_][\w.\-]*)\Z")
@@ -193,7 +195,7 @@ class PreTlsParser:
                     return NEED_DATA
                 if buf.startswith(_UTF8_BOM):
                     del buf[:3]
-                if buf[:2] in _UTF16_BOMS:
+                if bytes(buf[:2]) in _UTF16_BOMS:
                     raise _Malformed("unsupported-encoding", "only UTF-8 is allowed")
             skip = 0
             while skip < len(buf) and buf[skip] in _WHITESPACE:

@@ -59,9 +59,7 @@ def stream_header(domain: str | None, stream_id: str | None = None) -> bytes:
 
 def stream_error(condition: str, text: str = "") -> bytes:
     """A ``<stream:error/>`` followed by the closing tag (RFC 6120 §4.9)."""
-    text_el = (
-        f"<text xmlns='{STREAM_ERROR_NS}' xml:lang='en'>{_escape_text(text)}</text>" if text else ""
-    )
+    text_el = f"<text xmlns='{STREAM_ERROR_NS}' xml:lang='en'>{_escape_text(text)}</text>" if text else ""
     return (
         f"<stream:error><{condition} xmlns='{STREAM_ERROR_NS}'/>{text_el}</stream:error>"
     ).encode() + STREAM_CLOSE
@@ -114,7 +112,9 @@ class Negotiation:
                 if self._parser.trailing_data:
                     # Bytes pipelined behind <starttls/> would be read as TLS or, worse, be
                     # taken as sent under TLS: STARTTLS command injection (CVE-2011-0411).
-                    out.append(self._error_bytes("policy-violation", "data after <starttls/> before <proceed/>"))
+                    out.append(
+                        self._error_bytes("policy-violation", "data after <starttls/> before <proceed/>")
+                    )
                     return Outcome(Action.CLOSE, b"".join(out), "starttls-injection")
                 out.append(PROCEED)
                 return Outcome(Action.STARTTLS, b"".join(out), "starttls")

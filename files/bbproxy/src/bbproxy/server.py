@@ -8,6 +8,7 @@ import signal
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 from . import notify
 from .config import Address, Settings
@@ -53,7 +54,10 @@ def open_socket(address: Address) -> socket.socket:
     """A listening socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be bound."""
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+            address.host,
+            address.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
         )
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
@@ -117,7 +121,7 @@ class ProxyServer:
             raise
         for listener, sock in sockets:
             server = await self.loop.create_server(
-                lambda listener=listener: ClientSession(self, listener), sock=sock, backlog=1024
+                partial(ClientSession, self, listener), sock=sock, backlog=1024
             )
             self._servers.append(server)
         log.info(

@@ -18,7 +18,7 @@ import logging
 import ssl
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from .negotiation import Action, Negotiation, stream_error, stream_header
 
@@ -90,8 +90,8 @@ class ClientSession(asyncio.Protocol):
     # -- asyncio.Protocol (client side) --------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
@@ -99,7 +99,9 @@ class ClientSession(asyncio.Protocol):
         limits = server.settings.limits
         if not server.admit(self):
             if self.listener.starttls:
-                transport.write(stream_header(None) + stream_error("resource-constraint", "server is full"))
+                self.transport.write(
+                    stream_header(None) + stream_error("resource-constraint", "server is full")
+                )
             self._close("refused-max-connections")
             return
         if self.listener.starttls:
@@ -150,10 +152,9 @@ class ClientSession(asyncio.Protocol):
         assert self.negotiation is not None and self.transport is not None
         outcome = self.negotiation.receive_data(data)
         if outcome.action is Action.STARTTLS:
-            # Stop reading BEFORE writing <proceed/>: the ClientHello that the client sends
-            # the moment it sees <proceed/> must stay in the socket for the TLS layer, not
-            # land here as plaintext (CPython gh-142352 shows what happens otherwise).
-            self.transport.pause_reading()
+            # _begin_tls stops reading BEFORE writing <proceed/>: the ClientHello that the
+            # client sends the moment it sees <proceed/> must stay in the socket for the TLS
+            # layer, not land here as plaintext (CPython gh-142352 shows what happens otherwise).
             self._cancel_timer()
             ctx = self.server.contexts.for_domain(self.negotiation.domain)
             self._begin_tls(ctx, outcome.send)
@@ -172,8 +173,12 @@ class ClientSession(asyncio.Protocol):
     # -- TLS and backend ---------------------------------------------------------------
 
     def _begin_tls(self, ctx: ssl.SSLContext, proceed: bytes) -> None:
-        assert self.transport is not None
+        if self.transport is None or self._closing:
+            return
         self.state = State.HANDSHAKE
+        # Reading stays paused until start_tls hands the socket to the TLS layer, which
+        # resumes it: a ClientHello that is already here must not reach data_received.
+        self.transport.pause_reading()
         if proceed:
             self.transport.write(proceed)
         self._task = self.server.loop.create_task(self._handshake_then_connect(ctx))
@@ -236,7 +241,6 @@ class ClientSession(asyncio.Protocol):
         if self.state is not State.CONNECTING:  # the client left while we were connecting
             backend.close()
             return
-        assert isinstance(backend, BackendConnection)
         self.backend = backend
         self.state = State.RELAY
         for chunk in self._pending:
@@ -323,8 +327,7 @@ class BackendConnection(asyncio.Protocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.client.from_backend(data)
