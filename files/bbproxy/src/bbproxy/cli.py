@@ -36,17 +36,6 @@ def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLo
     return "asyncio", asyncio.new_event_loop
 
 
-def check_loop_support(settings: Settings, loop_name: str) -> None:
-    """Refuse what a loop is known to get wrong, rather than fail one handshake at a time."""
-    if loop_name == "uvloop" and settings.direct_tls_listen:
-        # uvloop starts reading right after connection_made() returns and ignores a
-        # pause_reading() made inside it, so a direct-TLS ClientHello reaches the plain
-        # protocol before start_tls() can take over (README, "Event loop").
-        raise ConfigError(
-            "loop: uvloop cannot serve direct_tls_listen (it loses the ClientHello); use loop = asyncio"
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,7 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: Settings = settings_from_args(args)
         contexts = load_contexts(settings)
         loop_name, new_loop = loop_factory(settings.loop)
-        check_loop_support(settings, loop_name)
     except (ConfigError, CertificateError) as exc:
         print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
         return 2

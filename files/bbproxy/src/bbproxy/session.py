@@ -4,15 +4,25 @@ Life of a STARTTLS session (a direct-TLS session starts at HANDSHAKE)::
 
     PRE_TLS --<starttls/>--> HANDSHAKE --TLS up--> CONNECTING --backend up--> RELAY --> CLOSED
 
+TLS runs over ``ssl.MemoryBIO`` on the one plain transport the session has from accept
+to close, instead of ``loop.start_tls()``:
+
+* no hand-off race: a ClientHello that arrives the instant ``<proceed/>`` leaves simply
+  goes into the BIO, on asyncio and uvloop alike (``start_tls`` needs reading paused at
+  the right moment, and uvloop ignores a pause made inside ``connection_made``);
+* memory: asyncio's and uvloop's SSL protocols allocate a 256 KiB read buffer per
+  connection; an idle session here holds only OpenSSL's state;
+* the bytes of the handshake are ours to see (fingerprints, routing: issue 7).
+
 Every callback checks the state first: once a session is CLOSED, late callbacks (a
-timer, a backend that finishes connecting, a handshake that completes) do nothing. That
-is the lesson of the Node.js prototype, whose stale close handler aborted its own
-handshakes.
+timer, a backend that finishes connecting) do nothing. That is the lesson of the
+Node.js prototype, whose stale close handler aborted its own handshakes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import ssl
@@ -30,6 +40,8 @@ log = logging.getLogger("bbproxy.session")
 # While the backend connection is being opened the client may already send its new stream
 # header; a real client sends a few hundred bytes and then waits for our features.
 MAX_PENDING: Final = 65536
+# One TLS record carries at most 16 KiB of plaintext.
+READ_SIZE: Final = 16384
 _ids = itertools.count(1)
 
 
@@ -42,12 +54,14 @@ class State(Enum):
 
 
 class ClientSession(asyncio.Protocol):
-    """The client side; owns the backend side once it exists."""
+    """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
-        "_closing",
         "_finished",
+        "_incoming",
+        "_outgoing",
         "_pending",
+        "_sslobj",
         "_task",
         "_timer",
         "backend",
@@ -84,7 +98,9 @@ class ClientSession(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
-        self._closing = False
+        self._sslobj: ssl.SSLObject | None = None
+        self._incoming: ssl.MemoryBIO | None = None
+        self._outgoing: ssl.MemoryBIO | None = None
         self._finished = False
 
     # -- asyncio.Protocol (client side) --------------------------------------------
@@ -106,28 +122,23 @@ class ClientSession(asyncio.Protocol):
             return
         if self.listener.starttls:
             self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
-            self._timer = server.loop.call_later(limits.pre_tls_timeout, self._pre_tls_timeout)
+            self._timer = server.loop.call_later(limits.pre_tls_timeout, self._on_timeout)
         else:
-            self._begin_tls(server.contexts.default, b"")
+            self._begin_tls(server.contexts.default)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is State.RELAY:
-            assert self.backend is not None
-            self.bytes_up += len(data)
-            self.backend.write(data)
-        elif state is State.PRE_TLS:
+        if state is State.PRE_TLS:
             self._pre_tls_data(data)
-        elif state is State.CONNECTING or state is State.HANDSHAKE:
-            # Decrypted bytes that arrive between the end of the handshake and the backend
-            # being ready: kept (nothing is lost), bounded.
-            self._pending.append(data)
-            if sum(map(len, self._pending)) > MAX_PENDING:
-                self._close("client-flood-before-backend")
+        elif state is not State.CLOSED:
+            assert self._incoming is not None
+            self._incoming.write(data)
+            if state is State.HANDSHAKE:
+                self._continue_handshake()
+            if self.state is not State.HANDSHAKE:
+                self._read_tls()
 
     def eof_received(self) -> bool:
-        if self.state is State.RELAY and self.backend is not None:
-            self.backend.write_eof()
         self._close("client-eof")
         return False
 
@@ -151,92 +162,120 @@ class ClientSession(asyncio.Protocol):
     def _pre_tls_data(self, data: bytes) -> None:
         assert self.negotiation is not None and self.transport is not None
         outcome = self.negotiation.receive_data(data)
-        if outcome.action is Action.STARTTLS:
-            # _begin_tls stops reading BEFORE writing <proceed/>: the ClientHello that the
-            # client sends the moment it sees <proceed/> must stay in the socket for the TLS
-            # layer, not land here as plaintext (CPython gh-142352 shows what happens otherwise).
-            self._cancel_timer()
-            ctx = self.server.contexts.for_domain(self.negotiation.domain)
-            self._begin_tls(ctx, outcome.send)
-            return
         if outcome.send:
             self.transport.write(outcome.send)
-        if outcome.action is Action.CLOSE:
+        if outcome.action is Action.STARTTLS:
+            self._cancel_timer()
+            self._begin_tls(self.server.contexts.for_domain(self.negotiation.domain))
+        elif outcome.action is Action.CLOSE:
             self._close(outcome.reason)
 
-    def _pre_tls_timeout(self) -> None:
+    def _on_timeout(self) -> None:
         self._timer = None
         if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
             self._close("pre-tls-timeout")
+        elif self.state is State.HANDSHAKE:
+            self.server.stats.handshake_failures += 1
+            self._close("tls-failed: timeout")
 
-    # -- TLS and backend ---------------------------------------------------------------
+    # -- TLS -------------------------------------------------------------------------------
 
-    def _begin_tls(self, ctx: ssl.SSLContext, proceed: bytes) -> None:
-        if self.transport is None or self._closing:
-            return
+    def _begin_tls(self, ctx: ssl.SSLContext) -> None:
         self.state = State.HANDSHAKE
-        # Reading stays paused until start_tls hands the socket to the TLS layer, which
-        # resumes it: a ClientHello that is already here must not reach data_received.
-        self.transport.pause_reading()
-        if proceed:
-            self.transport.write(proceed)
-        self._task = self.server.loop.create_task(self._handshake_then_connect(ctx))
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._timer = self.server.loop.call_later(
+            self.server.settings.limits.handshake_timeout, self._on_timeout
+        )
 
-    async def _handshake_then_connect(self, ctx: ssl.SSLContext) -> None:
-        server = self.server
-        loop = server.loop
-        limits = server.settings.limits
-        plain = self.transport
-        assert plain is not None
+    def _continue_handshake(self) -> None:
+        assert self._sslobj is not None
         try:
-            tls_transport = await loop.start_tls(
-                plain, self, ctx, server_side=True, ssl_handshake_timeout=limits.handshake_timeout
-            )
-        except asyncio.CancelledError:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
             return
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            # asyncio's SSL layer does not always report a connection lost mid-handshake to
-            # the app protocol, so this path finishes the session itself.
-            if self.state is State.HANDSHAKE:
-                server.stats.handshake_failures += 1
+        except (ssl.SSLError, OSError) as exc:
+            self._flush_tls()  # the alert tells the client why
+            self.server.stats.handshake_failures += 1
             self._close(f"tls-failed: {_describe(exc)}")
-            self._finish()
             return
-        if tls_transport is None or self.state is not State.HANDSHAKE:
-            if tls_transport is not None:
-                tls_transport.abort()
-            self._close("client-closed-during-handshake")
-            self._finish()
-            return
-        self.transport = tls_transport
-        tls_transport.pause_reading()  # until the backend is there to take the bytes
-        sslobj = tls_transport.get_extra_info("ssl_object")
-        if sslobj is not None:
-            self.tls_version = sslobj.version() or "-"
-            cipher = sslobj.cipher()
-            self.cipher = cipher[0] if cipher else "-"
-        server.stats.count_handshake(self.tls_version)
+        self._flush_tls()  # last flight, TLS 1.3 session tickets
+        self._cancel_timer()
+        self.tls_version = self._sslobj.version() or "-"
+        cipher = self._sslobj.cipher()
+        self.cipher = cipher[0] if cipher else "-"
+        self.server.stats.count_handshake(self.tls_version)
         self.state = State.CONNECTING
+        assert self.transport is not None
+        self.transport.pause_reading()  # until the backend can take the bytes
+        self._task = self.server.loop.create_task(self._connect_backend())
+
+    def _read_tls(self) -> None:
+        """Decrypt everything buffered; relay it, or keep it until the backend is up."""
+        sslobj = self._sslobj
+        assert sslobj is not None
+        while self.state is State.RELAY or self.state is State.CONNECTING:
+            try:
+                chunk = sslobj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                self._close("client-eof")
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._close(f"tls-error: {_describe(exc)}")
+                return
+            if not chunk:
+                break
+            if self.state is State.RELAY:
+                assert self.backend is not None
+                self.bytes_up += len(chunk)
+                self.backend.write(chunk)
+            else:
+                self._pending.append(chunk)
+                if sum(map(len, self._pending)) > MAX_PENDING:
+                    self._close("client-flood-before-backend")
+                    return
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
+            self.transport.write(self._outgoing.read())
+
+    def _send_tls(self, data: bytes) -> None:
+        assert self._sslobj is not None
+        try:
+            self._sslobj.write(data)
+        except (ssl.SSLError, OSError) as exc:
+            self._close(f"tls-error: {_describe(exc)}")
+            return
+        self._flush_tls()
+
+    # -- backend ---------------------------------------------------------------------------
+
+    async def _connect_backend(self) -> None:
+        server = self.server
         backend_addr = server.settings.backend
         try:
-            async with asyncio.timeout(limits.backend_connect_timeout):
-                _, backend = await loop.create_connection(
+            async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
+                _, backend = await server.loop.create_connection(
                     lambda: BackendConnection(self), backend_addr.host, backend_addr.port
                 )
         except asyncio.CancelledError:
             return
         except (OSError, TimeoutError) as exc:
             if self.state is State.CONNECTING:
-                self.close_reason = f"backend-unavailable: {_describe(exc)}"
                 server.stats.backend_failures += 1
                 log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
                 domain = self.negotiation.domain if self.negotiation else None
-                tls_transport.write(
+                self._send_tls(
                     stream_header(domain)
                     + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again")
                 )
-                self._close(self.close_reason)
+                self._close(f"backend-unavailable: {_describe(exc)}")
             return
         if self.state is not State.CONNECTING:  # the client left while we were connecting
             backend.close()
@@ -247,19 +286,20 @@ class ClientSession(asyncio.Protocol):
             self.bytes_up += len(chunk)
             backend.write(chunk)
         self._pending.clear()
-        tls_transport.resume_reading()
+        self._read_tls()  # records that arrived while connecting
+        if self.state is State.RELAY and self.transport is not None:
+            self.transport.resume_reading()
 
     # -- relay, called by the backend side ----------------------------------------------
 
     def from_backend(self, data: bytes) -> None:
-        if self.state is State.RELAY and self.transport is not None:
+        if self.state is State.RELAY:
             self.bytes_down += len(data)
-            self.transport.write(data)
+            self._send_tls(data)
 
     def backend_closed(self, reason: str) -> None:
         if self.state is not State.CLOSED:
-            self.close_reason = self.close_reason or reason
-            self._close(self.close_reason)
+            self._close(reason)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -269,8 +309,7 @@ class ClientSession(asyncio.Protocol):
             return
         if self.state is State.PRE_TLS and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse(condition, text))
-        self.close_reason = self.close_reason or "server-shutdown"
-        self._close(self.close_reason)
+        self._close("server-shutdown")
 
     def _finish(self) -> None:
         """Release the connection slot and write the one log line, exactly once."""
@@ -284,21 +323,23 @@ class ClientSession(asyncio.Protocol):
             self._timer = None
 
     def _close(self, reason: str) -> None:
-        if not self.close_reason:
-            self.close_reason = reason
-        previous = self.state
+        if self.state is State.CLOSED:
+            return
+        self.close_reason = self.close_reason or reason
+        tls_up = self.state in (State.CONNECTING, State.RELAY)
         self.state = State.CLOSED
         self._cancel_timer()
         self._pending.clear()
-        if self._task is not None and not self._task.done() and previous is not State.HANDSHAKE:
-            # A handshake in progress is ended by closing its transport below; cancelling the
-            # task mid-start_tls would leave asyncio's SSL protocol half set up.
+        if self._task is not None and not self._task.done():
             self._task.cancel()
         if self.backend is not None:
             self.backend.close()  # flushes what the client sent before it left
-        if self.transport is not None and not self._closing:
-            self._closing = True
-            self.transport.close()  # flushes what the backend sent, then TLS close_notify
+        if tls_up and self._sslobj is not None:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self._sslobj.unwrap()  # queue our close_notify
+            self._flush_tls()
+        if self.transport is not None:
+            self.transport.close()  # flushes what is queued, then closes
 
     def log_close(self) -> None:
         log.info(
