@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from . import __version__
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .server import ListenError, load_contexts, run
 from .tls import CertificateError
@@ -26,13 +27,19 @@ def setup_logging(level: str) -> None:
 
 
 def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Pick the event loop. See the README's "Event loop" section for why auto is asyncio's."""
-    if choice == "uvloop":
+    """Pick the event loop: uvloop when asked for, or on "auto" when it is installed.
+
+    Both loops serve TLS 1.0-1.3 the same way here, because the TLS layer is our own
+    (session.py) rather than the loop's start_tls; see the README's "Event loop".
+    """
+    if choice in ("uvloop", "auto"):
         try:
-            import uvloop
+            import uvloop  # optional dependency
         except ImportError:
-            raise ConfigError("loop: uvloop is not installed (pip install 'bbproxy[uvloop]')") from None
-        return "uvloop", uvloop.new_event_loop
+            if choice == "uvloop":
+                raise ConfigError("loop: uvloop is not installed (pip install 'bbproxy[uvloop]')") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
     return "asyncio", asyncio.new_event_loop
 
 
@@ -50,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls})")
         return 0
     setup_logging(settings.log_level)
-    log.debug("event loop: %s", loop_name)
+    log.info("bbproxy %s starting on the %s event loop", __version__, loop_name)
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(run(settings, contexts))
