@@ -631,3 +631,69 @@ def run_s_client(
         args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
     )
     return OpenSSLResult(result.returncode, result.stdout + result.stderr)
+
+
+# --------------------------------------------------------------------------- raw XMPP clients
+
+STREAM_ERROR_RE = re.compile(rb"<stream:error>\s*<([a-z-]+)[\s/>]")
+
+
+def stream_error_condition(data: bytes) -> str | None:
+    """The defined condition of the first ``<stream:error/>`` in ``data``."""
+    match = STREAM_ERROR_RE.search(data)
+    return match.group(1).decode() if match else None
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def open_stream(sock: socket.socket, to: str = DOMAIN, timeout: float = 5.0) -> bytes:
+    """Send our stream header and read the proxy's answer up to the end of its features."""
+    sock.sendall(stream_header(to))
+    answer = recv_until(sock, b"</stream:features>", timeout)
+    assert b"</stream:features>" in answer, f"no stream features from the proxy: {answer!r}"
+    return answer
+
+
+PROCEED_RE = re.compile(rb"<proceed[^>]*?(/>|>\s*</proceed>)")
+
+
+def read_proceed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Read exactly up to the end of ``<proceed/>`` and not a byte further (nothing follows it)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not PROCEED_RE.search(data):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    match = PROCEED_RE.search(data)
+    assert match is not None, f"no <proceed/>: {data!r}"
+    assert match.end() == len(data), f"bytes after <proceed/>: {data!r}"
+    return data
+
+
+def client_hello(version: str) -> bytes:
+    """The bytes of a real ClientHello for ``version`` (generated with a memory BIO)."""
+    ctx = client_context(version, None)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=DOMAIN)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def xmpp_over_tls(tls: ssl.SSLSocket, timeout: float = 10.0) -> bytes:
+    """Open the post-TLS stream and return the backend's answer up to its features."""
+    tls.sendall(stream_header())
+    return recv_until(tls, b"</stream:features>", timeout)
