@@ -36,7 +36,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
-.PHONY: help deps venv image image-trixie lint test-python molecule molecule-trixie test \
+.PHONY: help deps venv image image-trixie lint lint-yaml lint-ansible lint-python lint-types test-python molecule molecule-trixie test \
 	demo demo-clean clean-venv
 
 help:
@@ -122,13 +122,23 @@ endef
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
 PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests scripts)
 
+# Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
 lint: venv
+	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types
+
+lint-yaml:
 	@echo "--- yamllint"
 	$(BIN)/yamllint $(YAML_FILES)
+
+lint-ansible:
 	@echo "--- ansible-lint"
 	$(BIN)/ansible-lint
+
+lint-python:
 	@echo "--- ruff"
 	$(BIN)/ruff check $(PY_DIRS)
+
+lint-types:
 	@if [ -d files/bbproxy/src ]; then \
 	  echo "--- mypy (files/bbproxy/src)"; \
 	  cd files/bbproxy && $(BIN)/mypy src; \

@@ -47,9 +47,15 @@ def ufw_status(host: Any) -> str:
     return run_ok(host, "ufw status")
 
 
-def ufw_rules(status: str, port: str) -> list[str]:
-    """Rule lines whose 'To' column is PORT (v4 and v6)."""
-    return [line for line in status.splitlines() if re.match(rf"^{re.escape(port)}(\s|$)", line)]
+def ufw_rules(status: str) -> list[tuple[str, str, str]]:
+    """(To, Action, From) of each rule line of `ufw status`, e.g. ("5222/tcp (v6)", "ALLOW", ...)."""
+    rules = []
+    for line in status.splitlines():
+        rule = re.sub(r"\s+# .*$", "", line)  # the rule's comment, e.g. "# SSH (bbproxy role)"
+        columns = re.split(r"\s{2,}", rule.strip())
+        if len(columns) == 3 and columns[0] not in ("To", "--"):
+            rules.append((columns[0], columns[1], columns[2]))
+    return rules
 
 
 def test_ufw_active(ufw_status: str) -> None:
@@ -57,19 +63,20 @@ def test_ufw_active(ufw_status: str) -> None:
 
 
 def test_ufw_allows_proxy_ports_and_never_limits(ufw_status: str, scenario: Scenario) -> None:
+    rules = ufw_rules(ufw_status)
     for port in proxy_ports(scenario):
-        rules = ufw_rules(ufw_status, f"{port}/tcp") + ufw_rules(ufw_status, f"{port}/tcp (v6)")
-        allow = [r for r in rules if re.search(r"\sALLOW(\sIN)?\s", r)]
-        assert len(allow) == 2, f"want {port}/tcp ALLOW for v4 and v6:\n{ufw_status}"
-        limits = [line for line in ufw_status.splitlines() if line.startswith(f"{port}") and "LIMIT" in line]
+        for target in (f"{port}/tcp", f"{port}/tcp (v6)"):
+            actions = [action for to, action, _ in rules if to == target]
+            assert actions == ["ALLOW"], f"want one {target} ALLOW rule, got {actions}:\n{ufw_status}"
+        limits = [rule for rule in rules if rule[0].startswith(str(port)) and "LIMIT" in rule[1]]
         assert not limits, f"LIMIT rule on {port} (reconnect storms get dropped):\n{ufw_status}"
 
 
 def test_ufw_keeps_ssh_open(ufw_status: str) -> None:
-    ssh = [line for line in ufw_status.splitlines() if re.match(r"^(22/tcp|22|OpenSSH|SSH)\s.*ALLOW", line)]
-    assert ssh, f"SSH is not allowed:\n{ufw_status}"
+    ssh = [rule for rule in ufw_rules(ufw_status) if rule[0] in ("22/tcp", "22", "OpenSSH", "SSH")]
+    assert any(action.startswith("ALLOW") for _, action, _ in ssh), f"SSH is not allowed:\n{ufw_status}"
 
 
 def test_ufw_does_not_open_backend(ufw_status: str) -> None:
-    assert not ufw_rules(ufw_status, f"{BACKEND_PORT}/tcp"), ufw_status
-    assert not ufw_rules(ufw_status, str(BACKEND_PORT)), ufw_status
+    backend = [rule for rule in ufw_rules(ufw_status) if rule[0].split("/")[0].split()[0] == str(BACKEND_PORT)]
+    assert not backend, ufw_status
