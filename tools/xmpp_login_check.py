@@ -169,12 +169,15 @@ class _Client:
         self._fail(f"stream error <{condition}/>")
 
     def _on_disconnected(self, reason: Any) -> None:
-        # Only a failure if it happens before we are done with this client.
+        # Only a failure if it happens before we are done with this client. slixmpp reports
+        # the end of the stream before it has dispatched a <stream:error/> that came with it,
+        # so give that event a moment to arrive first: it is the better reason.
         if self.failure is None:
             if isinstance(reason, ssl.SSLError):
-                self._fail(f"TLS handshake failed: {reason}")
+                message = f"TLS handshake failed: {reason}"
             else:
-                self._fail(f"connection closed ({reason or 'no reason given'})")
+                message = f"connection closed ({reason or 'no reason given'})"
+            self.loop.call_later(0.2, self._fail, message)
 
     def _on_session_start(self, _event: Any) -> None:
         if self.started.done():

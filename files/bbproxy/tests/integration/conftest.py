@@ -54,7 +54,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         return CertPair(cert, key)
 
     other_key = directory / "other.key"
-    root.issue_cert("other.test").private_key_pem.write_to_path(str(other_key))
+    root.issue_cert("other.test", key_type=trustme.KeyType.RSA).private_key_pem.write_to_path(str(other_key))
     return Certs(cafile, issue("rsa", trustme.KeyType.RSA), issue("ecdsa", trustme.KeyType.ECDSA), other_key)
 
 

@@ -185,7 +185,7 @@ class Certs:
     cafile: Path  # the root only: clients verify the chain the proxy sends
     rsa: CertPair
     ecdsa: CertPair
-    other_key: Path  # a valid key that matches neither certificate
+    other_key: Path  # a valid RSA key that matches neither certificate
 
     def pair(self, kind: str) -> CertPair:
         return {"rsa": self.rsa, "ecdsa": self.ecdsa}[kind]
@@ -392,14 +392,18 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
+def toml_table(name: str, table: dict[str, Any]) -> list[str]:
+    """A tiny TOML writer: scalars and lists first, then sub-tables (names quoted)."""
+    lines = [f"[{name}]"] if name else []
+    lines += [f"{toml_value(k)} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += ["", *toml_table(f"{name}.{toml_value(key)}" if name else toml_value(key), value)]
+    return lines
+
+
 def write_toml(path: Path, config: dict[str, Any]) -> Path:
-    """A tiny TOML writer: top-level scalars/lists, then one level of [tables]."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
-    for table, values in config.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{table}]")
-            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(toml_table("", config)) + "\n")
     return path
 
 

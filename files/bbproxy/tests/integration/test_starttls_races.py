@@ -78,6 +78,45 @@ def test_client_hello_sent_the_instant_proceed_arrives(
     assert not failures, "\n".join(failures) + "\n" + proxy.log_text()[-3000:]
 
 
+def direct_tls_client(port: int, ctx: ssl.SSLContext, expected: str) -> str | None:
+    """Connect and send the ClientHello at once: it may arrive before the proxy's accept returns."""
+    with connect(port, timeout=HANDSHAKE_BOUND) as sock:
+        started = time.monotonic()
+        try:
+            with ctx.wrap_socket(sock, server_hostname=DOMAIN) as tls:
+                version_seen, alpn = tls.version(), tls.selected_alpn_protocol()
+                features = xmpp_over_tls(tls, timeout=HANDSHAKE_BOUND)
+        except OSError as exc:
+            return f"{exc!r} after {time.monotonic() - started:.2f}s"
+    if version_seen != expected or alpn != "xmpp-client" or b"<mechanisms" not in features:
+        return f"{version_seen} alpn={alpn} {features[:200]!r}"
+    return None
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.3"])
+def test_direct_tls_client_hello_right_after_connect(
+    shared_proxies: ProxyFactory, certs: Certs, event_loop_name: str, version: str
+) -> None:
+    """XEP-0368: the ClientHello is the first thing on the wire (uvloop starts reading on accept)."""
+    proxy = shared_proxies(cert="ecdsa", loop=event_loop_name, direct_tls=True)
+    port = proxy.direct_tls_port
+    assert port is not None
+    ctx = client_context(version, certs.cafile, alpn=["xmpp-client"])
+    expected = {"1.0": "TLSv1", "1.3": "TLSv1.3"}[version]
+    failures = []
+    for attempt in range(ATTEMPTS):
+        error = direct_tls_client(port, ctx, expected)
+        if error:
+            failures.append(f"sequential {attempt}: {error}")
+            if len(failures) >= 3:
+                break
+    if not failures:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            futures = [pool.submit(direct_tls_client, port, ctx, expected) for _ in range(PARALLEL * 4)]
+            failures += [f"parallel {n}: {err}" for n, f in enumerate(futures) if (err := f.result())]
+    assert not failures, "\n".join(failures) + "\n" + proxy.log_text()[-3000:]
+
+
 def test_openssl_s_client_in_a_loop(shared_proxies: ProxyFactory, certs: Certs, event_loop_name: str) -> None:
     proxy = shared_proxies(cert="rsa", loop=event_loop_name)
     failures = []
