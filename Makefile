@@ -36,7 +36,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
-.PHONY: help deps venv image image-trixie lint lint-yaml lint-ansible lint-python lint-types test-python molecule molecule-trixie test \
+.PHONY: help deps venv image image-trixie lint lint-yaml lint-ansible lint-python lint-types lint-shell test-python molecule molecule-trixie test \
 	demo demo-clean clean-venv
 
 help:
@@ -46,7 +46,7 @@ help:
 	@echo "  make deps           apt packages (only when root and missing)"
 	@echo "  make venv           .venv/ from requirements-dev.txt (+ files/bbproxy editable)"
 	@echo "  make image          Debian 12 systemd image (cached by tag)"
-	@echo "  make lint           yamllint, ansible-lint, ruff, mypy"
+	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck"
 	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "make molecule-trixie  molecule test: Debian 13 / Prosody 13 (optional, slower)"
@@ -121,10 +121,11 @@ endef
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
 PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests scripts)
+SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
 lint: venv
-	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types
+	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types lint-shell
 
 lint-yaml:
 	@echo "--- yamllint"
@@ -137,6 +138,10 @@ lint-ansible:
 lint-python:
 	@echo "--- ruff"
 	$(BIN)/ruff check $(PY_DIRS)
+
+lint-shell:
+	@echo "--- shellcheck"
+	$(BIN)/shellcheck $(SHELL_FILES)
 
 lint-types:
 	@if [ -d files/bbproxy/src ]; then \
