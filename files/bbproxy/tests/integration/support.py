@@ -237,26 +237,57 @@ VirtualHost "{domain}"
 # --------------------------------------------------------------------------- recording backend
 
 
+@dataclasses.dataclass
+class BackendConnection:
+    data: bytearray = dataclasses.field(default_factory=bytearray)
+    eof: bool = False  # the proxy half-closed (or closed) its side cleanly
+
+
 class RecordingBackend:
     """A plain TCP server (threads) that records every byte each connection sends it.
 
     With ``forward_to`` it also relays each connection to that address (e.g. Prosody), so one
-    backend can both serve real logins and prove that nothing else reached it.
+    backend can both serve real logins and prove that nothing else reached it. With ``echo``
+    it sends every byte back. Half-closes are passed on, not turned into full closes.
     """
 
-    def __init__(self, forward_to: tuple[str, int] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        forward_to: tuple[str, int] | None = None,
+        port: int = 0,
+        *,
+        echo: bool = False,
+        stalled: bool = False,
+    ) -> None:
         self.forward_to = forward_to
+        self.echo = echo
         self._lock = threading.Lock()
-        self._received: list[bytearray] = []
+        self._received: list[BackendConnection] = []
         self._sockets: list[socket.socket] = []
         self._stopping = False
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((LOOPBACK, port))
-        self.listener.listen(128)
         self.port = int(self.listener.getsockname()[1])
         self._thread = threading.Thread(target=self._accept_loop, name="recording-backend", daemon=True)
-        self._thread.start()
+        self._filler: socket.socket | None = None
+        if stalled:
+            # A full accept queue: Linux drops further SYNs, so connecting here hangs (the
+            # client retries its SYN after 1 s, 3 s, ...) until start() accepts the filler.
+            self.listener.listen(0)
+            self._filler = socket.create_connection((LOOPBACK, self.port), timeout=5)
+        else:
+            self.listener.listen(128)
+            self._thread.start()
+
+    def start(self) -> None:
+        """Begin accepting (for a ``stalled`` backend); the filler connection is dropped."""
+        if self._filler is not None:
+            filler, _ = self.listener.accept()
+            filler.close()
+            self._filler.close()
+            self._filler = None
+            self._thread.start()
 
     @property
     def address(self) -> str:
@@ -266,12 +297,16 @@ class RecordingBackend:
     def connections(self) -> list[bytes]:
         """What each accepted connection has sent so far, in accept order."""
         with self._lock:
-            return [bytes(b) for b in self._received]
+            return [bytes(c.data) for c in self._received]
 
     @property
     def connection_count(self) -> int:
         with self._lock:
             return len(self._received)
+
+    def saw_eof(self, index: int) -> bool:
+        with self._lock:
+            return len(self._received) > index and self._received[index].eof
 
     def wait_for_connections(self, count: int, timeout: float = 5.0) -> list[bytes]:
         wait_until(lambda: self.connection_count >= count, timeout, f"{count} backend connection(s)")
@@ -295,12 +330,12 @@ class RecordingBackend:
                 if self._stopping:
                     conn.close()
                     return
-                record = bytearray()
+                record = BackendConnection()
                 self._received.append(record)
                 self._sockets.append(conn)
             threading.Thread(target=self._serve, args=(conn, record), daemon=True).start()
 
-    def _serve(self, conn: socket.socket, record: bytearray) -> None:
+    def _serve(self, conn: socket.socket, record: BackendConnection) -> None:
         upstream: socket.socket | None = None
         if self.forward_to is not None:
             try:
@@ -312,26 +347,29 @@ class RecordingBackend:
             with self._lock:
                 self._sockets.append(upstream)
             threading.Thread(target=self._pipe, args=(upstream, conn, None), daemon=True).start()
+        elif self.echo:
+            upstream = conn
         self._pipe(conn, upstream, record)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket | None, record: bytearray | None) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket | None, record: BackendConnection | None) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
+                    if record is not None:
+                        record.eof = True
                     break
                 if record is not None:
                     with self._lock:
-                        record.extend(data)
+                        record.data.extend(data)
                 if dst is not None:
                     dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                if s is not None:
-                    with contextlib.suppress(OSError):
-                        s.shutdown(socket.SHUT_RDWR)
+            if dst is not None:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)  # pass the half-close on
 
     def close(self) -> None:
         with self._lock:
@@ -341,11 +379,14 @@ class RecordingBackend:
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        if self._filler is not None:
+            self._filler.close()
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- the proxy
