@@ -132,6 +132,10 @@ class ProxyServer:
             self.settings.min_tls,
         )
 
+    def bound_ports(self) -> list[int]:
+        """The ports actually bound, in listener order (useful with port 0)."""
+        return [int(sock.getsockname()[1]) for server in self._servers for sock in server.sockets]
+
     def reload(self) -> None:
         """SIGHUP: re-read certificates for new handshakes; keep the old ones if that fails."""
         notify.send("RELOADING=1")

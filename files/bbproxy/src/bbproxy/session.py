@@ -3,6 +3,11 @@
 Life of a STARTTLS session (a direct-TLS session starts at HANDSHAKE)::
 
     PRE_TLS --<starttls/>--> HANDSHAKE --TLS up--> CONNECTING --backend up--> RELAY --> CLOSED
+                                                         `--backend down--> UNAVAILABLE --> CLOSED
+
+UNAVAILABLE waits (bounded) for the client's post-TLS stream header and answers it with
+``remote-connection-failed``: a stream error must follow a header that answers the client's
+(RFC 6120 §4.2), or clients such as slixmpp never see it.
 
 TLS runs over ``ssl.MemoryBIO`` on the one plain transport the session has from accept
 to close, instead of ``loop.start_tls()``:
@@ -30,6 +35,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
+from .framing import NEED_DATA, PreTlsParser
 from .negotiation import Action, Negotiation, stream_error, stream_header
 
 if TYPE_CHECKING:
@@ -37,9 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbproxy.session")
 
-# While the backend connection is being opened the client may already send its new stream
-# header; a real client sends a few hundred bytes and then waits for our features.
-MAX_PENDING: Final = 65536
+# After the client half-closes, how long the backend gets to finish its answer.
+HALF_CLOSE_GRACE: Final = 30.0
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
 _ids = itertools.count(1)
@@ -50,7 +55,8 @@ class State(Enum):
     HANDSHAKE = 2
     CONNECTING = 3
     RELAY = 4
-    CLOSED = 5
+    UNAVAILABLE = 5
+    CLOSED = 6
 
 
 class ClientSession(asyncio.Protocol):
@@ -58,12 +64,13 @@ class ClientSession(asyncio.Protocol):
 
     __slots__ = (
         "_finished",
+        "_half_closed",
         "_incoming",
         "_outgoing",
-        "_pending",
         "_sslobj",
         "_task",
         "_timer",
+        "_unavailable",
         "backend",
         "bytes_down",
         "bytes_up",
@@ -97,11 +104,12 @@ class ClientSession(asyncio.Protocol):
         self.close_reason = ""
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pending: list[bytes] = []
         self._sslobj: ssl.SSLObject | None = None
         self._incoming: ssl.MemoryBIO | None = None
         self._outgoing: ssl.MemoryBIO | None = None
         self._finished = False
+        self._half_closed = False
+        self._unavailable: PreTlsParser | None = None
 
     # -- asyncio.Protocol (client side) --------------------------------------------
 
@@ -130,15 +138,19 @@ class ClientSession(asyncio.Protocol):
         state = self.state
         if state is State.PRE_TLS:
             self._pre_tls_data(data)
-        elif state is not State.CLOSED:
-            assert self._incoming is not None
+        elif state is not State.CLOSED and self._incoming is not None and not self._half_closed:
+            # While the backend connects, records wait here still encrypted (reading is
+            # paused meanwhile, so at most one read's worth): nothing is lost, nothing grows.
             self._incoming.write(data)
             if state is State.HANDSHAKE:
                 self._continue_handshake()
-            if self.state is not State.HANDSHAKE:
+            elif state is State.RELAY or state is State.UNAVAILABLE:
                 self._read_tls()
 
     def eof_received(self) -> bool:
+        if self.state is State.RELAY:
+            self._half_close("client-eof")
+            return True  # keep our write side open for the backend's answer
         self._close("client-eof")
         return False
 
@@ -214,32 +226,38 @@ class ClientSession(asyncio.Protocol):
         self._task = self.server.loop.create_task(self._connect_backend())
 
     def _read_tls(self) -> None:
-        """Decrypt everything buffered; relay it, or keep it until the backend is up."""
+        """Decrypt everything buffered and relay it to the backend."""
         sslobj = self._sslobj
         assert sslobj is not None
-        while self.state is State.RELAY or self.state is State.CONNECTING:
+        while self.state is State.RELAY or self.state is State.UNAVAILABLE:
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify
+            except ssl.SSLZeroReturnError:
                 self._close("client-eof")
                 return
             except (ssl.SSLError, OSError) as exc:
                 self._close(f"tls-error: {_describe(exc)}")
                 return
-            if not chunk:
-                break
-            if self.state is State.RELAY:
+            if self.state is State.UNAVAILABLE:
+                self._unavailable_data(chunk)
+            elif not chunk:  # close_notify: over a MemoryBIO, read() returns b"" for it
+                self._half_close("client-close-notify")
+                return
+            else:
                 assert self.backend is not None
                 self.bytes_up += len(chunk)
                 self.backend.write(chunk)
-            else:
-                self._pending.append(chunk)
-                if sum(map(len, self._pending)) > MAX_PENDING:
-                    self._close("client-flood-before-backend")
-                    return
         self._flush_tls()
+
+    def _half_close(self, reason: str) -> None:
+        """The client is done sending: tell the backend, and relay its answer for a while."""
+        assert self._incoming is not None and self.backend is not None
+        self.close_reason = self.close_reason or reason
+        self._half_closed = True  # nothing more is read from the client
+        self.backend.write_eof()
+        self._timer = self.server.loop.call_later(HALF_CLOSE_GRACE, self._close, reason)
 
     def _flush_tls(self) -> None:
         if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
@@ -270,25 +288,39 @@ class ClientSession(asyncio.Protocol):
             if self.state is State.CONNECTING:
                 server.stats.backend_failures += 1
                 log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
-                domain = self.negotiation.domain if self.negotiation else None
-                self._send_tls(
-                    stream_header(domain)
-                    + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again")
-                )
-                self._close(f"backend-unavailable: {_describe(exc)}")
+                self.close_reason = f"backend-unavailable: {_describe(exc)}"
+                self.state = State.UNAVAILABLE
+                limits = server.settings.limits
+                self._unavailable = PreTlsParser(limits.pre_tls_max_bytes)
+                self._timer = server.loop.call_later(limits.pre_tls_timeout, self._refuse_unavailable)
+                self._read_tls()  # the client's header may be here already
+                if self.state is State.UNAVAILABLE and self.transport is not None:
+                    self.transport.resume_reading()
             return
         if self.state is not State.CONNECTING:  # the client left while we were connecting
             backend.close()
             return
         self.backend = backend
         self.state = State.RELAY
-        for chunk in self._pending:
-            self.bytes_up += len(chunk)
-            backend.write(chunk)
-        self._pending.clear()
         self._read_tls()  # records that arrived while connecting
         if self.state is State.RELAY and self.transport is not None:
             self.transport.resume_reading()
+
+    def _unavailable_data(self, chunk: bytes) -> None:
+        assert self._unavailable is not None
+        self._unavailable.receive_data(chunk)
+        if not chunk or self._unavailable.next_event() is not NEED_DATA:
+            self._refuse_unavailable()  # a header (or anything that ends the wait)
+
+    def _refuse_unavailable(self) -> None:
+        self._timer = None
+        if self.state is State.UNAVAILABLE:
+            domain = self.negotiation.domain if self.negotiation else None
+            self._send_tls(
+                stream_header(domain)
+                + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again")
+            )
+            self._close(self.close_reason)
 
     # -- relay, called by the backend side ----------------------------------------------
 
@@ -326,10 +358,9 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.CLOSED:
             return
         self.close_reason = self.close_reason or reason
-        tls_up = self.state in (State.CONNECTING, State.RELAY)
+        tls_up = self.state in (State.CONNECTING, State.RELAY, State.UNAVAILABLE)
         self.state = State.CLOSED
         self._cancel_timer()
-        self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self.backend is not None:

@@ -36,6 +36,11 @@ TLS_VERSIONS: Final[Mapping[str, ssl.TLSVersion]] = {
 }
 
 
+# OpenSSL's reasons for a key that belongs to no certificate of the chain: same type but
+# another key, or another type altogether (an RSA key for an ECDSA certificate).
+_MISMATCH_REASONS: Final = frozenset({"KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED", "KEY_TYPE_MISMATCH"})
+
+
 class CertificateError(Exception):
     """A certificate or key could not be loaded; the message is one line for operators."""
 
@@ -66,19 +71,26 @@ def build_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.options |= ssl.OP_SINGLE_ECDH_USE
     ctx.set_alpn_protocols([ALPN_XMPP_CLIENT])
+    for path in (pair.cert, pair.key):
+        # load_cert_chain's own errors do not always say which file; check both first.
+        try:
+            with path.open("rb"):
+                pass
+        except FileNotFoundError:
+            raise CertificateError(f"cannot read {path}: file not found") from None
+        except PermissionError:
+            raise CertificateError(f"cannot read {path}: permission denied") from None
+        except OSError as exc:
+            raise CertificateError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
     try:
         ctx.load_cert_chain(pair.cert, pair.key)
-    except FileNotFoundError as exc:
-        raise CertificateError(f"cannot read {exc.filename}: file not found") from None
-    except PermissionError as exc:
-        raise CertificateError(f"cannot read {exc.filename}: permission denied") from None
     except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
-        if "KEY_VALUES_MISMATCH" in str(reason).upper():
+        reason = str(exc.reason or exc)
+        if reason.upper() in _MISMATCH_REASONS:
             raise CertificateError(f"key {pair.key} does not match certificate {pair.cert}") from None
         raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {reason}") from None
     except OSError as exc:
-        raise CertificateError(f"cannot read {pair.cert} / {pair.key}: {exc.strerror or exc}") from None
+        raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {exc.strerror or exc}") from None
     return ctx
 
 

@@ -71,13 +71,6 @@ def test_backend_down_then_back(
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bbproxy bug: with the backend down it sends its post-TLS stream header and error right "
-    "after the handshake, before the client's new stream header (RFC 6120 4.2: a response header "
-    "answers the client's); slixmpp's parser then fails on the <?xml?> and the error is lost",
-)
 def test_backend_down_error_answers_the_clients_stream_header(
     proxy_factory: ProxyFactory, prosody: Prosody, certs: Certs
 ) -> None:

@@ -96,21 +96,11 @@ def test_check_config_does_not_listen(certs: Certs) -> None:
     assert status == 0, output
 
 
-BUG_NO_FILENAME = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bbproxy bug: ssl.load_cert_chain's FileNotFoundError has no filename; "
-    "the message says 'cannot read None: file not found' (tls.build_context)",
-)
-
-
-@BUG_NO_FILENAME
 def test_missing_certificate_file(certs: Certs, tmp_path: Path) -> None:
     missing = tmp_path / "nope.crt"
     assert_refused(base_args(certs, **{"--cert": str(missing)}), str(missing))
 
 
-@BUG_NO_FILENAME
 def test_missing_key_file(certs: Certs, tmp_path: Path) -> None:
     missing = tmp_path / "nope.key"
     assert_refused(base_args(certs, **{"--key": str(missing)}), str(missing))
@@ -122,12 +112,6 @@ def test_key_does_not_match_certificate(certs: Certs) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bbproxy bug: an RSA key for an ECDSA certificate gives OpenSSL's NO_CERTIFICATE_ASSIGNED, "
-    "which tls.build_context passes on instead of 'does not match'",
-)
 def test_key_of_another_type_does_not_match_certificate(certs: Certs) -> None:
     assert_refused(
         base_args(certs, **{"--cert": str(certs.ecdsa.cert), "--key": str(certs.rsa.key)}), "does not match"

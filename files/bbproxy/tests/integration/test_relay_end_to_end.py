@@ -115,13 +115,6 @@ def test_relay_is_verbatim_both_ways_with_backpressure(
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bbproxy bug: on the client's EOF the session closes both sides at once "
-    "(session.eof_received -> _close) instead of passing the half-close to the backend and "
-    "relaying its answer; the backend's reply is lost and it can even lose the client's last bytes (RST)",
-)
 def test_client_half_close_still_gets_the_backends_answer(proxy_factory: ProxyFactory, certs: Certs) -> None:
     """A client that half-closes right after sending still receives what the backend sends back."""
     backend = RecordingBackend(echo=True)
@@ -138,12 +131,6 @@ def test_client_half_close_still_gets_the_backends_answer(proxy_factory: ProxyFa
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent today (about 6 runs in 10 fail); make it strict once fixed
-    raises=AssertionError,
-    reason="bbproxy bug: more than 64 KiB from the client while the backend connection is still "
-    "opening closes the session (client-flood-before-backend) instead of pausing reading",
-)
 def test_client_data_before_the_backend_is_up_is_kept(proxy_factory: ProxyFactory, certs: Certs) -> None:
     """A client may pipeline after TLS; a slow backend connect must cost time, not the session."""
     backend = RecordingBackend(echo=True, stalled=True)
