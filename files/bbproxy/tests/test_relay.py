@@ -1,0 +1,294 @@
+"""The relay after TLS, in-process on loopback: integrity, backpressure both ways, closes, no leaks.
+
+The proxy runs on the test's own event loop (asyncio and uvloop), so the tests can look at
+its sessions and buffers; the clients are real TLS clients over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from bbproxy.config import Address, Limits, Settings
+from bbproxy.server import ProxyServer, load_contexts
+from bbproxy.tls import CertPair
+
+DOMAIN = "example.test"
+HEADER = (
+    f"<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+).encode()
+PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+LOOPS = ["asyncio", "uvloop"]
+DEADLINE = 20.0  # seconds any single wait may take before the test fails
+
+
+@pytest.fixture(scope="module")
+def ca_and_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, CertPair]:
+    ca = trustme.CA()
+    leaf = ca.issue_cert(DOMAIN)
+    directory = tmp_path_factory.mktemp("relay-certs")
+    cert, key = directory / "leaf.crt", directory / "leaf.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return ca, CertPair(Path(cert), Path(key))
+
+
+def run(loop_name: str, coro_fn: Callable[[], Awaitable[None]]) -> None:
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(coro_fn(), 60))
+
+
+@asynccontextmanager
+async def proxy(pair: CertPair, backend_port: int, **limits: Any) -> AsyncIterator[tuple[ProxyServer, int]]:
+    settings = Settings(
+        listen=(Address("127.0.0.1", 0),),
+        direct_tls_listen=(),
+        backend=Address("127.0.0.1", backend_port),
+        domains=(DOMAIN,),
+        min_tls="1.0",
+        cert=pair,
+        limits=Limits(**limits),
+    )
+    server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+    await server.start()
+    port = server.bound_ports()[0]
+    try:
+        yield server, port
+    finally:
+        server.request_stop()
+        await server.serve_until_stopped()
+
+
+def client_context(ca: trustme.CA, version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+async def starttls_client(
+    port: int, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HEADER)
+    await reader.readuntil(b"</stream:features>")
+    writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await reader.readuntil(PROCEED)
+    await writer.start_tls(client_context(ca, version), server_hostname=DOMAIN)
+    return reader, writer
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll a condition on the loop (no fixed sleep), failing after DEADLINE."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while not predicate():
+        if loop.time() > end:
+            pytest.fail(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.01)
+
+
+class Backend:
+    """A loopback backend whose reading can be held back, recording what it gets."""
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.received = hashlib.sha256()
+        self.count = 0
+        self.eof = asyncio.Event()
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        while True:
+            await self.reading.wait()
+            data = await reader.read(65536)
+            if not data:
+                self.eof.set()
+                break
+            self.count += len(data)
+            self.received.update(data)
+            if self.echo:
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        assert self.server is not None
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_3], ids=["tls1.0", "tls1.3"])
+def test_bytes_arrive_intact_both_ways(
+    loop_name: str, version: ssl.TLSVersion, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    ca, pair = ca_and_pair
+    payload = os.urandom(8 * 1024 * 1024)
+
+    async def scenario() -> None:
+        backend = Backend(echo=True)
+        async with proxy(pair, await backend.start()) as (server, port):
+            reader, writer = await starttls_client(port, ca, version)
+
+            async def send() -> None:
+                for i in range(0, len(payload), 100_000):
+                    writer.write(payload[i : i + 100_000])
+                    await writer.drain()
+
+            sender = asyncio.create_task(send())
+            echoed = await reader.readexactly(len(payload))
+            await sender
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+            session = next(iter(server.sessions))
+            assert session.bytes_up == len(payload) and session.bytes_down == len(payload)
+            writer.close()
+            await until(lambda: not server.sessions, "the session to be released")
+            await until(backend.eof.is_set, "the backend to see the client's close")
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_slow_backend_pauses_the_client_and_loses_nothing(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    ca, pair = ca_and_pair
+    chunk = os.urandom(256 * 1024)
+    total = 64 * len(chunk)  # 16 MiB, far more than socket buffers hold
+
+    async def scenario() -> None:
+        backend = Backend(echo=False)
+        backend.reading.clear()  # Prosody stalls
+        async with proxy(pair, await backend.start()) as (server, port):
+            _, writer = await starttls_client(port, ca)
+            for _ in range(64):
+                writer.write(chunk)  # no drain: push as hard as possible
+            await until(lambda: bool(server.sessions), "the session")
+            session = next(iter(server.sessions))
+            await until(lambda: session.backend is not None, "the backend connection")
+            backend_transport = session.backend.transport  # type: ignore[union-attr]
+            # The proxy must stop reading the client instead of buffering the flood.
+            await until(lambda: not session.transport.is_reading(), "the proxy to pause the client")  # type: ignore[union-attr]
+            buffered = backend_transport.get_write_buffer_size()
+            assert buffered <= 2 * 1024 * 1024, f"proxy buffered {buffered} bytes for a stalled backend"
+            assert session.bytes_up < total
+            backend.reading.set()  # Prosody catches up
+            await until(lambda: backend.count == total, "every byte at the backend")
+            expected = hashlib.sha256(chunk * 64).digest()
+            assert backend.received.digest() == expected
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_slow_client_pauses_the_backend(loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]) -> None:
+    ca, pair = ca_and_pair
+    chunk = os.urandom(256 * 1024)
+
+    async def scenario() -> None:
+        backend = Backend(echo=False)
+        async with proxy(pair, await backend.start()) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(b"<presence/>")
+            await until(lambda: bool(backend.writers), "the backend connection")
+            backend_writer = backend.writers[0]
+            for _ in range(64):
+                backend_writer.write(chunk)  # 16 MiB towards a client that does not read
+            session = next(iter(server.sessions))
+            await until(
+                lambda: session.backend is not None and not session.backend.transport.is_reading(),  # type: ignore[union-attr]
+                "the proxy to pause reading the backend",
+            )
+            buffered = session.transport.get_write_buffer_size()  # type: ignore[union-attr]
+            assert buffered <= 4 * 1024 * 1024, f"proxy buffered {buffered} bytes for a slow client"
+            received = await reader.readexactly(64 * len(chunk))  # the client catches up
+            assert received == chunk * 64
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_backend_close_reaches_the_client_after_its_data(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=False)
+        async with proxy(pair, await backend.start()) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(b"<presence/>")
+            await until(lambda: bool(backend.writers), "the backend connection")
+            farewell = b"<message>bye</message></stream:stream>"
+            backend.writers[0].write(farewell)
+            backend.writers[0].close()
+            assert await reader.read() == farewell  # everything, then EOF
+            await until(lambda: not server.sessions, "the session to be released")
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_many_sessions_leave_no_sessions_or_tasks_behind(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=True)
+        async with proxy(pair, await backend.start()) as (server, port):
+            tasks_before = len(asyncio.all_tasks())
+
+            async def one(i: int) -> None:
+                reader, writer = await starttls_client(port, ca)
+                writer.write(b"<presence id='%d'/>" % i)
+                await reader.readuntil(b"/>")
+                if i % 2:
+                    writer.close()
+                else:
+                    writer.transport.abort()  # some leave rudely
+
+            await asyncio.gather(*(one(i) for i in range(50)))
+            await until(lambda: not server.sessions, "all sessions released")
+            await until(lambda: len(asyncio.all_tasks()) <= tasks_before, "no proxy task left")
+            assert server.stats.handshakes["TLSv1"] == 50
+            backend.close()
+
+    run(loop_name, scenario)
