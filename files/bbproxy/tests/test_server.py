@@ -1,0 +1,222 @@
+"""Server-level behaviour: certificate choice per domain, connection limit, reload, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from bbproxy.config import Address, Limits, Settings
+from bbproxy.server import ProxyServer, load_contexts
+from bbproxy.tls import CertPair
+
+from .test_relay import DEADLINE, PROCEED, client_context, run
+
+
+def header(domain: str) -> bytes:
+    return (
+        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
+        "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def two_domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, dict[str, CertPair]]:
+    ca = trustme.CA()
+    directory = tmp_path_factory.mktemp("two-domains")
+    pairs = {}
+    for domain in ("a.test", "b.test"):
+        leaf = ca.issue_cert(domain)
+        cert, key = directory / f"{domain}.crt", directory / f"{domain}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        pairs[domain] = CertPair(cert, key)
+    return ca, pairs
+
+
+def settings_for(pairs: dict[str, CertPair], **limits: float) -> Settings:
+    return Settings(
+        listen=(Address("127.0.0.1", 0),),
+        direct_tls_listen=(Address("127.0.0.1", 0),),
+        backend=Address("127.0.0.1", 1),  # never reached in these tests
+        domains=("a.test", "b.test"),
+        min_tls="1.0",
+        cert=pairs["a.test"],
+        certificates={"b.test": pairs["b.test"]},
+        limits=Limits(**limits),  # type: ignore[arg-type]
+    )
+
+
+async def served_name(port: int, ca: trustme.CA, stream_to: str | None, sni: str | None) -> str:
+    """Which certificate (by its subject name) the proxy presents."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if stream_to is not None:
+        writer.write(header(stream_to))
+        await reader.readuntil(b"</stream:features>")
+        writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await reader.readuntil(PROCEED)
+    ctx = client_context(ca, ssl.TLSVersion.TLSv1_2)
+    ctx.check_hostname = False  # we want to see the certificate, whichever it is
+    await writer.start_tls(ctx, server_hostname=sni)
+    cert = writer.get_extra_info("peercert")
+    writer.close()
+    return str(dict(cert["subjectAltName"])["DNS"])
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_certificate_is_chosen_by_sni_or_else_by_stream_to(
+    loop_name: str, two_domains: tuple[trustme.CA, dict[str, CertPair]]
+) -> None:
+    ca, pairs = two_domains
+
+    async def scenario() -> None:
+        settings = settings_for(pairs)
+        server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+        await server.start()
+        starttls_port, direct_port = server.bound_ports()
+        # STARTTLS without SNI (Java 6): the stream 'to' decides.
+        assert await served_name(starttls_port, ca, "b.test", None) == "b.test"
+        assert await served_name(starttls_port, ca, "a.test", None) == "a.test"
+        # SNI wins when present.
+        assert await served_name(starttls_port, ca, "a.test", "b.test") == "b.test"
+        # Direct TLS: SNI, or the default certificate.
+        assert await served_name(direct_port, ca, None, "b.test") == "b.test"
+        assert await served_name(direct_port, ca, None, None) == "a.test"
+        server.request_stop()
+        await server.serve_until_stopped()
+
+    run(loop_name, scenario)
+
+
+def test_beyond_max_connections_clients_get_resource_constraint(
+    two_domains: tuple[trustme.CA, dict[str, CertPair]],
+) -> None:
+    _, pairs = two_domains
+
+    async def scenario() -> None:
+        settings = settings_for(pairs, max_connections=2)
+        server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+        await server.start()
+        port = server.bound_ports()[0]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:  # both are admitted and answered
+            writer.write(header("a.test"))
+            await reader.readuntil(b"</stream:features>")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = await asyncio.wait_for(reader.read(), DEADLINE)
+        assert b"<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in refused
+        assert refused.endswith(b"</stream:stream>")
+        assert server.stats.refused == 1
+        for _, w in held:
+            w.close()
+        writer.close()
+        # once they are gone, a new client gets in again
+        end = asyncio.get_running_loop().time() + DEADLINE
+        while server.sessions and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(header("a.test"))
+        assert b"<starttls" in await reader.readuntil(b"</stream:features>")
+        writer.close()
+        server.request_stop()
+        await server.serve_until_stopped()
+
+    run("asyncio", scenario)
+
+
+# -- the real process: signals and readiness ------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cert_of(port: int, ca: trustme.CA) -> str:
+    """The served leaf certificate (PEM) for a direct-TLS connection."""
+    ctx = client_context(ca, ssl.TLSVersion.TLSv1_3)
+    ctx.check_hostname = False
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
+        ctx.wrap_socket(raw, server_hostname="a.test") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ssl.DER_cert_to_PEM_cert(der)
+
+
+def wait_for_log(proc: subprocess.Popen[str], lines: list[str], needle: str) -> None:
+    assert proc.stderr is not None
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return
+    pytest.fail(f"no {needle!r} in the proxy's log: {''.join(lines)}")
+
+
+def test_sighup_reloads_certificates_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert, key = tmp_path / "a.crt", tmp_path / "a.key"
+    first = ca.issue_cert("a.test")
+    first.cert_chain_pems[0].write_to_path(str(cert))
+    first.private_key_pem.write_to_path(str(key))
+    port = free_port()
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(DEADLINE)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbproxy", "--direct-tls-listen", f"127.0.0.1:{port}", "--listen",
+         f"127.0.0.1:{free_port()}", "--backend", "127.0.0.1:1", "--cert", str(cert), "--key", str(key),
+         "--domain", "a.test", "--loop", "asyncio"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        # READY=1 comes only once the listeners are bound: a connection must succeed right after.
+        assert notify.recv(256) == b"READY=1"
+        before = cert_of(port, ca)
+        assert before == first.cert_chain_pems[0].bytes().decode()
+
+        second = ca.issue_cert("a.test")
+        second.cert_chain_pems[0].write_to_path(str(cert))
+        second.private_key_pem.write_to_path(str(key))
+        proc.send_signal(signal.SIGHUP)
+        assert notify.recv(256) == b"RELOADING=1"
+        assert notify.recv(256) == b"READY=1"
+        wait_for_log(proc, lines, "certificates reloaded")
+        assert cert_of(port, ca) == second.cert_chain_pems[0].bytes().decode()
+
+        key.write_text("garbage\n")
+        proc.send_signal(signal.SIGHUP)
+        assert notify.recv(256) == b"RELOADING=1"
+        assert notify.recv(256) == b"READY=1"  # still serving, with the previous certificates
+        wait_for_log(proc, lines, "reload refused")
+        assert "Traceback" not in "".join(lines)
+        assert cert_of(port, ca) == second.cert_chain_pems[0].bytes().decode()  # old one still served
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE) == 0
+        assert notify.recv(256) == b"STOPPING=1"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        notify.close()
