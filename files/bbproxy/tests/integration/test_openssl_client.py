@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import Certs, ProxyFactory, run_s_client
+from .support import Certs, Prosody, ProxyFactory, run_s_client
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_direct_tls_negotiates_version_and_alpn(
     assert "ALPN protocol: xmpp-client" in result.output, result.output
 
 
-def test_min_tls_refuses_older_versions(proxy_factory: ProxyFactory, prosody, certs: Certs) -> None:  # type: ignore[no-untyped-def]
+def test_min_tls_refuses_older_versions(proxy_factory: ProxyFactory, prosody: Prosody, certs: Certs) -> None:
     proxy = proxy_factory(backend=f"{prosody.host}:{prosody.port}", min_tls="1.2")
     refused = run_s_client(proxy.port, version_flag="-tls1", cafile=certs.cafile)
     assert refused.returncode != 0, refused.output
