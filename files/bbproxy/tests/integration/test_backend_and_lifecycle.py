@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,13 +36,13 @@ pytestmark = pytest.mark.integration
 BACKEND_DOWN_CONDITIONS = {"remote-connection-failed", "internal-server-error"}
 
 
-def starttls_session(port: int, cafile: object, version: str = "1.0") -> socket.socket:
+def starttls_session(port: int, cafile: Path, version: str = "1.0") -> ssl.SSLSocket:
     """A client that has done STARTTLS and the handshake; returns the TLS socket."""
     sock = connect(port)
     open_stream(sock)
     sock.sendall(STARTTLS)
     read_proceed(sock)
-    return client_context(version, cafile).wrap_socket(sock, server_hostname=DOMAIN)  # type: ignore[arg-type]
+    return client_context(version, cafile).wrap_socket(sock, server_hostname=DOMAIN)
 
 
 def test_backend_down_then_back(
