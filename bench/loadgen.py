@@ -52,6 +52,10 @@ PROCEED = re.compile(rb"<proceed\b[^>]*/>")
 STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
 
 
+# What the first TLS session of this process negotiated, for the report.
+NEGOTIATED: dict[str, str] = {}
+
+
 class SessionError(Exception):
     """A session failed in a way worth its own line in the failure histogram."""
 
@@ -182,6 +186,9 @@ def establish(cfg: dict[str, Any], ctx: ssl.SSLContext | None, holder: list[sock
                 yield sock.fileno(), R
             except ssl.SSLWantWriteError:
                 yield sock.fileno(), W
+        if not NEGOTIATED:
+            cipher = sock.cipher()
+            NEGOTIATED.update(version=sock.version() or "?", cipher=cipher[0] if cipher else "?")
     return sock
 
 
@@ -319,6 +326,8 @@ def describe(exc: BaseException) -> str:
 
 
 def emit(**record: Any) -> None:
+    if record.get("event") == "result":
+        record["negotiated"] = NEGOTIATED
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
 

@@ -211,9 +211,10 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / CLK_TCK
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size (or its peak, field="VmHWM") in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
@@ -607,6 +608,7 @@ def run_handshakes(env: Env, peer: Peer, tls: str, cert: Cert) -> dict[str, Any]
         "peer_cpu_ms_per_session": (cpu1 - cpu0) * 1000 / ok if ok else None,
         "client_cpu_ms_per_session": sum(r["client_cpu_s"] for r in results) * 1000 / ok if ok else None,
         "echo_cpu_ms_per_session": (echo1 - echo0) * 1000 / ok if ok else None,
+        "negotiated": results[0].get("negotiated"),
         "session_ms_p50": percentile(durations, 50), "session_ms_p99": percentile(durations, 99),
     }  # fmt: skip
 
@@ -654,7 +656,7 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
         closed = [g.expect("result", 60) for g in gens]
     settle(peer.pid)
     time.sleep(0.5)
-    rss2 = rss_kib(peer.pid)
+    rss2, peak, fds2 = rss_kib(peer.pid), rss_kib(peer.pid, "VmHWM"), fd_count(peer.pid)
     ok = sum(e["ok"] for e in established)
     failures: Counter[str] = Counter()
     for e in established:
@@ -664,8 +666,10 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
         "failed": sum(failures.values()), "failures": dict(failures), "open_s": round(open_s, 2),
         "dead_at_close": sum(c["dead_at_close"] for c in closed),
         "rss_before_kib": rss0, "rss_held_kib": rss1, "rss_after_close_kib": rss2,
+        "rss_peak_kib": peak,
         "kib_per_session": (rss1 - rss0) / ok if ok else None,
-        "fds_before": fds0, "fds_held": fds1, "client_procs": procs,
+        "fds_before": fds0, "fds_held": fds1,
+        "fds_after_close": fds2, "client_procs": procs,
     }  # fmt: skip
 
 
@@ -704,6 +708,7 @@ def run_stream(env: Env, peer: Peer, conns: int, tls: str | None) -> dict[str, A
         "peer_cpu_pct": 100 * (cpu1 - cpu0) / wall if peer.pid else None,
         "echo_cpu_pct": 100 * (echo1 - echo0) / wall,
         "client_cpu_pct": 100 * result.get("client_cpu_s", 0) / result["seconds"] if nbytes else None,
+        "negotiated": result.get("negotiated"),
     }  # fmt: skip
 
 
@@ -723,6 +728,7 @@ def run_latency(env: Env) -> list[dict[str, Any]]:
     per_round = max(100, p["latency_samples"] // rounds)
     samples: dict[tuple[str, str | None], list[float]] = {(peer.name, tls): [] for peer, tls in paths}
     failures: dict[tuple[str, str | None], Counter[str]] = {key: Counter() for key in samples}
+    negotiated: dict[tuple[str, str | None], dict[str, str]] = {}
     with contextlib.ExitStack() as stack:
         for server in (direct, socat, bb, base):
             stack.enter_context(running(server, env.certs["ecdsa"] if server.tls else None))
@@ -741,6 +747,7 @@ def run_latency(env: Env) -> list[dict[str, Any]]:
                     gen.send("go")
                     result = gen.expect("result", 60)
                 samples[(peer.name, tls)] += result.get("samples_us", [])
+                negotiated[(peer.name, tls)] = result.get("negotiated") or {}
                 failures[(peer.name, tls)].update(result["failures"])
     rows = []
     for (name, tls), values in samples.items():
@@ -752,7 +759,7 @@ def run_latency(env: Env) -> list[dict[str, Any]]:
         rows.append({
             "peer": name, "tls": tls if name in ("bbproxy", "python-ssl") else None, "samples": len(values),
             "rounds": rounds, "failed": sum(failures[(name, tls)].values()),
-            "failures": dict(failures[(name, tls)]), **quantiles,
+            "failures": dict(failures[(name, tls)]), "negotiated": negotiated.get((name, tls)), **quantiles,
             "mean_us": statistics.fmean(values) if values else None,
         })  # fmt: skip
     return rows
@@ -1037,6 +1044,14 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def tls_label(row: dict[str, Any]) -> str:
+    """'1.3 TLS_AES_256_GCM_SHA384': the version asked for and the suite the server picked."""
+    if not row.get("tls"):
+        return "plain"
+    cipher = (row.get("negotiated") or {}).get("cipher")
+    return f"{row['tls']} {cipher}" if cipher else str(row["tls"])
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
@@ -1113,7 +1128,7 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 [
                     r["peer"],
-                    r["tls"],
+                    tls_label(r),
                     r["cert"],
                     r["repeat"] + 1,
                     r["ok"],
@@ -1142,7 +1157,9 @@ def markdown(report: dict[str, Any]) -> str:
                 "RSS held MiB",
                 "KiB/session",
                 "RSS after close MiB",
+                "peak RSS MiB",
                 "fds held",
+                "fds after close",
                 "open s",
                 "other %",
             ],
@@ -1157,7 +1174,9 @@ def markdown(report: dict[str, Any]) -> str:
                     r["rss_held_kib"] / 1024,
                     r["kib_per_session"],
                     r["rss_after_close_kib"] / 1024,
+                    r.get("rss_peak_kib", 0) / 1024,
                     r["fds_held"],
+                    r.get("fds_after_close"),
                     r["open_s"],
                     r.get("other_cpu_pct"),
                 ]
@@ -1186,7 +1205,7 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 [
                     r["peer"],
-                    r["tls"] or "plain",
+                    tls_label(r),
                     r["conns"],
                     r["repeat"] + 1,
                     r["mb_per_s"],
@@ -1210,7 +1229,7 @@ def markdown(report: dict[str, Any]) -> str:
             [
                 [
                     r["peer"],
-                    r["tls"] or "plain",
+                    tls_label(r),
                     r["samples"],
                     r.get("p50_us"),
                     r.get("p90_us"),
@@ -1291,7 +1310,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     interrupted = False
     machine: dict[str, Any] = {}
     run_noise = NoiseMeter(env)
@@ -1327,6 +1347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         procs.stop_all()
     report = {
         "mode": args.mode,
