@@ -25,6 +25,7 @@ from .support import (
     ProxyStarter,
     RecordingBackend,
     free_port,
+    owned_command,
     port_accepts,
     require_loop,
     require_tool,
@@ -84,7 +85,7 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prosody]:
 
     console = (directory / "console.log").open("wb")
     proc = subprocess.Popen(
-        [prosody_bin, "-F", "--config", str(config)],
+        owned_command([prosody_bin, "-F", "--config", str(config)]),
         stdin=subprocess.DEVNULL,
         stdout=console,
         stderr=subprocess.STDOUT,

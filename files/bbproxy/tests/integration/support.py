@@ -87,6 +87,23 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"(no log: {exc})"
 
 
+# Replaces itself (same PID) with argv[2:] after asking Linux to SIGTERM it when its parent,
+# this pytest process, dies: a pytest killed by a CI timeout leaves no proxy or Prosody behind.
+_EXEC_OWNED = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("parent already gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def owned_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that the process dies with the test run (see _EXEC_OWNED)."""
+    return [sys.executable, "-c", _EXEC_OWNED, str(os.getpid()), *argv]
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     """SIGTERM by PID, then SIGKILL after ``grace`` seconds. Returns the exit status."""
     if proc.poll() is None:
@@ -527,7 +544,7 @@ class ProxyStarter:
         log_path = self.directory / f"proxy{self._n}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [*proxy_command(), *args],
+                owned_command([*proxy_command(), *args]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
