@@ -20,6 +20,18 @@ def test_service_running_and_enabled(host: Any, unit: str) -> None:
     assert service.is_enabled
 
 
+# The Prosody line each Debian release ships: the scenario must test the one it claims to.
+PROSODY_BY_DEBIAN = {"12": "0.12.", "13": "13."}
+
+
+def test_prosody_from_the_distribution(host: Any) -> None:
+    debian = host.file("/etc/debian_version").content_string.strip().split(".")[0]
+    version = host.package("prosody").version
+    print(f"Debian {debian}, prosody {version}")
+    assert debian in PROSODY_BY_DEBIAN, f"no expectation for Debian {debian}"
+    assert version.startswith(PROSODY_BY_DEBIAN[debian]), version
+
+
 # What `systemctl show bbproxy` must say: the sandbox is really applied, not just written down.
 HARDENING = {
     "NoNewPrivileges": "yes",
