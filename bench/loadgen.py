@@ -68,6 +68,9 @@ def stream_header(domain: str) -> bytes:
 
 
 def make_stanza(size: int) -> bytes:
+    """A <message/> of exactly `size` bytes (b"" for 0: the session ends after the handshake)."""
+    if size <= 0:
+        return b""
     head, tail = b"<message to='bench@example.test' id='b'><body>", b"</body></message>"
     return head + b"x" * max(0, size - len(head) - len(tail)) + tail
 
@@ -197,8 +200,9 @@ def session(cfg: dict[str, Any], ctx: ssl.SSLContext | None, stanza: bytes, keep
     holder: list[socket.socket] = []
     try:
         sock = yield from establish(cfg, ctx, holder)
-        yield from send_all(sock, stanza)
-        yield from recv_exact(sock, len(stanza))
+        if stanza:
+            yield from send_all(sock, stanza)
+            yield from recv_exact(sock, len(stanza))
     except BaseException:
         if holder:
             holder[0].close()

@@ -364,13 +364,15 @@ class Env:
 class Peer:
     """A server the load generator talks to. Add haproxy/stunnel/Prosody (issue #8) as subclasses.
 
-    proto: what the client speaks to it ("starttls", "direct-tls" or "plain").
+    proto:  what the client speaks to it ("starttls", "direct-tls" or "plain").
+    echoes: whether bytes sent after the handshake come back (through the echo backend).
     pid:   the process whose CPU/RSS is charged to this peer (0 = none, e.g. the echo itself).
     """
 
     name = "peer"
     proto = "plain"
     tls = True
+    echoes = True  # False for a real XMPP server (Prosody): sessions then end after the handshake
 
     def __init__(self, env: Env) -> None:
         self.env = env
@@ -547,6 +549,7 @@ def warm_up(env: Env, peer: Peer, tls: str) -> None:
         "mode": "handshake",
         "port": peer.port,
         "proto": peer.proto,
+        "stanza_size": 200 if peer.echoes else 0,
         "tls": tls,
         "count": 100,
         "concurrency": 20,
@@ -578,6 +581,7 @@ def run_handshakes(env: Env, peer: Peer, tls: str, cert: Cert) -> dict[str, Any]
             "mode": "handshake",
             "port": peer.port,
             "proto": peer.proto,
+            "stanza_size": 200 if peer.echoes else 0,
             "tls": tls,
             "count": n,
             "concurrency": c,
@@ -631,6 +635,7 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
             "mode": "hold",
             "port": peer.port,
             "proto": peer.proto,
+            "stanza_size": 200 if peer.echoes else 0,
             "tls": tls,
             "count": n,
             "concurrency": 64,
