@@ -36,8 +36,8 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
-.PHONY: help deps venv image image-trixie lint lint-yaml lint-ansible lint-python lint-types lint-shell test-python molecule molecule-trixie test \
-	demo demo-clean clean-venv
+.PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
+	lint-types lint-shell test-python molecule molecule-trixie test demo demo-clean
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -78,7 +78,7 @@ venv: $(VENV)/.requirements.stamp $(if $(BBPROXY_PYPROJECT),$(VENV)/.bbproxy.sta
 
 $(VENV)/.requirements.stamp: requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-	  || { echo "venv: $(PYTHON) is older than Python 3.11; set PYTHON=python3.11" >&2; exit 1; }
+	  || { echo "venv: needs Python >= 3.11 as '$(PYTHON)'; e.g. make ... PYTHON=python3.11" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@

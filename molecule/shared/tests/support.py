@@ -189,7 +189,10 @@ def listening(host: Any, port: int) -> bool:
 
 
 class ProsodyLog:
-    """What Prosody logged after a mark: its files under /var/log/prosody and its journal."""
+    """What Prosody logged after a mark: its files under /var/log/prosody and its journal.
+
+    Marks are exact (file sizes, a journal cursor), so lines logged just before the mark, e.g.
+    by the previous test in the same second, never count."""
 
     def __init__(self, host: Any) -> None:
         self.host = host
@@ -199,14 +202,16 @@ class ProsodyLog:
         for line in self.host.run("stat -c '%s %n' /var/log/prosody/*.log 2>/dev/null").stdout.splitlines():
             size, name = line.split(" ", 1)
             sizes[name] = int(size)
-        return {"sizes": sizes, "since": run_ok(self.host, "date '+%Y-%m-%d %H:%M:%S'").strip()}
+        last = run_ok(self.host, "journalctl -n 1 --show-cursor --no-pager -o cat").splitlines()[-1]
+        assert last.startswith("-- cursor: "), last
+        return {"sizes": sizes, "cursor": last.removeprefix("-- cursor: ")}
 
     def since(self, mark: dict[str, Any]) -> str:
         text = [
             self.host.run(f"tail -c +{size + 1} {shlex.quote(name)}").stdout for name, size in mark["sizes"].items()
         ]
-        journal = self.host.run(f"journalctl -u prosody --no-pager -o cat --since {shlex.quote(mark['since'])}")
-        text.append(journal.stdout)
+        cursor = shlex.quote(mark["cursor"])
+        text.append(run_ok(self.host, f"journalctl -u prosody --no-pager -o cat --after-cursor {cursor}"))
         return "".join(text)
 
 
