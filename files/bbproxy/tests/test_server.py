@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -220,3 +221,31 @@ def test_sighup_reloads_certificates_and_refuses_a_bad_one(tmp_path: Path) -> No
         assert proc.stderr is not None
         proc.stderr.close()
         notify.close()
+
+
+def test_per_ip_limits_answer_with_a_stream_error(
+    two_domains: tuple[trustme.CA, dict[str, CertPair]],
+) -> None:
+    _, pairs = two_domains
+
+    async def scenario() -> None:
+        settings = settings_for(pairs)
+        settings = dataclasses.replace(settings, limits=Limits(max_connections_per_ip=2, exempt_networks=()))
+        server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+        await server.start()
+        port = server.bound_ports()[0]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(header("a.test"))
+            await reader.readuntil(b"</stream:features>")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = await asyncio.wait_for(reader.read(), DEADLINE)
+        assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in refused
+        assert b"too many connections from your address" in refused
+        writer.close()
+        for _, w in held:
+            w.close()
+        server.request_stop()
+        await server.serve_until_stopped()
+
+    run("asyncio", scenario)

@@ -22,6 +22,7 @@ DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")
 DEFAULT_BACKEND: Final = "127.0.0.1:5200"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOOPS: Final = ("auto", "asyncio", "uvloop")
+PROXY_PROTOCOLS: Final = ("off", "v1", "v2")
 _DOMAIN_RE: Final = re.compile(
     r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
 )
@@ -47,6 +48,19 @@ class Limits:
     pre_tls_max_bytes: int = 8192
     handshake_timeout: float = 30.0
     backend_connect_timeout: float = 10.0
+    # On SIGTERM: how long live sessions may go on before system-shutdown ends them.
+    shutdown_grace: float = 30.0
+    # Per source address; 0 = no limit. Answered with a stream error, never a silent drop.
+    max_connections_per_ip: int = 0
+    connect_rate_per_ip: int = 0  # new connections per minute
+    exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+
+
+# Limits where 0 means "off" rather than "nothing allowed".
+_ZERO_MEANS_OFF: Final = frozenset({"max_connections_per_ip", "connect_rate_per_ip"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
     loop: str = "auto"
+    workers: int = 1
+    metrics_listen: Address | None = None
+    send_proxy_protocol: str = "off"
     config_file: Path | None = None
 
 
@@ -126,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tls", choices=tuple(TLS_VERSIONS), help="lowest TLS version accepted (default 1.0)")
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--loop", choices=LOOPS, help="event loop (default auto)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes sharing the listeners (default 1)")
+    p.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint, e.g. 127.0.0.1:9522 (off)"
+    )
+    p.add_argument("--send-proxy-protocol", choices=PROXY_PROTOCOLS, help="PROXY header to the backend (off)")
     p.add_argument(
         "--check-config", action="store_true", help="validate everything and exit, without listening"
     )
@@ -135,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _TOP_KEYS: Final = {
     "listen", "direct_tls_listen", "backend", "domains", "min_tls", "cert", "key",
-    "certificates", "limits", "log_level", "loop",
+    "certificates", "limits", "log_level", "loop", "workers", "metrics_listen", "send_proxy_protocol",
 }  # fmt: skip
 
 
@@ -187,14 +209,30 @@ def _limits(raw: object) -> Limits:
             raise ConfigError(f"limits: unknown key {name!r}")
         default = getattr(Limits(), name)
         key = f"limits.{name}"
+        if name == "exempt_networks":
+            values[name] = tuple(_network(v, key) for v in _string_list(value, key))
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if isinstance(default, int) and not isinstance(value, int):
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
-        if value <= 0:
+        if value < 0 or (value == 0 and name not in _ZERO_MEANS_OFF):
             raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
         values[name] = float(value) if isinstance(default, float) else value
     return Limits(**values)
+
+
+def _network(value: str, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an address or CIDR network") from None
+
+
+def _workers(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise ConfigError(f"workers: expected a whole number from 1 to 64, got {value!r}")
+    return value
 
 
 def _certificates(raw: object) -> dict[str, CertPair]:
@@ -215,6 +253,10 @@ def _certificates(raw: object) -> dict[str, CertPair]:
             raise ConfigError(f"{key}: needs both cert and key")
         out[domain] = CertPair(_path(entry["cert"], f"{key}.cert"), _path(entry["key"], f"{key}.key"))
     return out
+
+
+def _optional_address(value: object, key: str) -> Address | None:
+    return None if value in ("", None) else parse_address(value, key)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -272,5 +314,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         limits=_limits(data.get("limits")),
         log_level=_choice(pick(args.log_level, "log_level", "info"), "log_level", LOG_LEVELS),
         loop=_choice(pick(args.loop, "loop", "auto"), "loop", LOOPS),
+        workers=_workers(pick(args.workers, "workers", 1)),
+        metrics_listen=_optional_address(pick(args.metrics_listen, "metrics_listen", ""), "metrics_listen"),
+        send_proxy_protocol=_choice(
+            pick(args.send_proxy_protocol, "send_proxy_protocol", "off"),
+            "send_proxy_protocol",
+            PROXY_PROTOCOLS,
+        ),
         config_file=config_file,
     )

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 from . import notify
 from .config import Address, Settings
+from .limits import PerIpLimiter
 from .session import ClientSession
 from .tls import CertificateError, TlsContexts
 
 log = logging.getLogger("bbproxy")
 
-SHUTDOWN_GRACE = 5.0  # seconds for sessions to flush and close on stop
+FLUSH_GRACE = 5.0  # seconds for sessions to flush and close once told to stop
 
 
 class ListenError(Exception):
@@ -50,8 +53,13 @@ def load_contexts(settings: Settings) -> TlsContexts:
     return TlsContexts.load(settings.domains, settings.cert, settings.certificates, settings.min_tls)
 
 
-def open_socket(address: Address) -> socket.socket:
-    """A listening socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be bound."""
+def open_socket(address: Address, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be bound.
+
+    ``reuse_port`` (workers) lets several processes bind the same address; the kernel spreads
+    new connections over them. It is off otherwise, so a second instance started by mistake
+    gets "address already in use" instead of silently taking half the clients.
+    """
     try:
         infos = socket.getaddrinfo(
             address.host,
@@ -65,6 +73,8 @@ def open_socket(address: Address) -> socket.socket:
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -77,8 +87,19 @@ def open_socket(address: Address) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(self, settings: Settings, contexts: TlsContexts, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        contexts: TlsContexts,
+        loop: asyncio.AbstractEventLoop,
+        reuse_port: bool = False,
+    ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
+        limits = settings.limits
+        self.per_ip = PerIpLimiter(
+            limits.max_connections_per_ip, limits.connect_rate_per_ip, limits.exempt_networks
+        )
         self.contexts = contexts
         self.loop = loop
         self.domains = frozenset(settings.domains)
@@ -91,17 +112,26 @@ class ProxyServer:
 
     # -- connection accounting, called by sessions ---------------------------------------
 
-    def admit(self, session: ClientSession) -> bool:
+    def admit(self, session: ClientSession) -> str | None:
+        """None if the session may go on, else why it is refused."""
         self.stats.accepted += 1
-        if len(self.sessions) >= self.settings.limits.max_connections or self._stopping.is_set():
+        if self._stopping.is_set():
+            reason: str | None = "shutting-down"
+        elif len(self.sessions) >= self.settings.limits.max_connections:
+            reason = "max-connections"
+        else:
+            reason = self.per_ip.admit(session.peer_ip)
+        if reason is not None:
             self.stats.refused += 1
-            return False
+            return reason
         self.sessions.add(session)
         self._idle.clear()
-        return True
+        return None
 
     def release(self, session: ClientSession) -> None:
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.per_ip.release(session.peer_ip)
         session.log_close()
         if not self.sessions:
             self._idle.set()
@@ -114,7 +144,7 @@ class ProxyServer:
         sockets = []
         try:
             for listener in listeners:
-                sockets.append((listener, open_socket(listener.address)))
+                sockets.append((listener, open_socket(listener.address, self.reuse_port)))
         except ListenError:
             for _, sock in sockets:
                 sock.close()
@@ -151,28 +181,48 @@ class ProxyServer:
         self._stopping.set()
 
     async def serve_until_stopped(self) -> None:
+        """Drain: stop accepting at once, let sessions go on for a grace period, then end them."""
         await self._stopping.wait()
         notify.send("STOPPING=1")
-        log.info("stopping: closing listeners and %d session(s)", len(self.sessions))
         for server in self._servers:
-            server.close()
-        for session in list(self.sessions):
-            session.shutdown("system-shutdown", "the server is restarting")
-        try:
-            async with asyncio.timeout(SHUTDOWN_GRACE):
-                await self._idle.wait()
-        except TimeoutError:
-            log.warning("%d session(s) did not close in time", len(self.sessions))
+            server.close()  # a restarted instance can bind now
+        grace = self.settings.limits.shutdown_grace
+        if self.sessions:
+            log.info(
+                "draining: listeners closed, %d session(s) may go on for %.0f s", len(self.sessions), grace
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        if self.sessions:
+            log.info("ending %d session(s) with system-shutdown", len(self.sessions))
+            for session in list(self.sessions):
+                session.shutdown("system-shutdown", "the server is restarting, please reconnect")
+            try:
+                async with asyncio.timeout(FLUSH_GRACE):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("%d session(s) did not close in time", len(self.sessions))
         for server in self._servers:
             await server.wait_closed()
+        log.info("stopped")
 
 
-async def run(settings: Settings, contexts: TlsContexts) -> None:
+async def run(
+    settings: Settings,
+    contexts: TlsContexts,
+    on_ready: Callable[[], object] | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGTERM/SIGINT; ``on_ready`` (default: sd_notify READY=1) once listening."""
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings, contexts, loop)
+    server = ProxyServer(settings, contexts, loop, reuse_port=reuse_port)
     await server.start()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)
     loop.add_signal_handler(signal.SIGINT, server.request_stop)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
-    notify.send("READY=1")
+    if on_ready is None:
+        notify.send("READY=1")
+    else:
+        on_ready()
     await server.serve_until_stopped()

@@ -36,7 +36,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
 from .framing import NEED_DATA, PreTlsParser
-from .negotiation import Action, Negotiation, stream_error, stream_header
+from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
 if TYPE_CHECKING:
     from .server import Listener, ProxyServer
@@ -48,6 +48,14 @@ HALF_CLOSE_GRACE: Final = 30.0
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
 _ids = itertools.count(1)
+_GT: Final = 0x3E  # ">"
+# Why a connection is refused at accept -> the stream error that says so (RFC 6120 §4.9.3).
+_REFUSALS: Final = {
+    "max-connections": ("resource-constraint", "the server is full, try again later"),
+    "shutting-down": ("system-shutdown", "the server is restarting, please reconnect"),
+    "per-ip-connections": ("policy-violation", "too many connections from your address"),
+    "per-ip-rate": ("policy-violation", "too many new connections from your address, slow down"),
+}
 
 
 class State(Enum):
@@ -63,6 +71,7 @@ class ClientSession(asyncio.Protocol):
     """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
+        "_down_at_boundary",
         "_finished",
         "_half_closed",
         "_incoming",
@@ -71,6 +80,7 @@ class ClientSession(asyncio.Protocol):
         "_task",
         "_timer",
         "_unavailable",
+        "_up_at_boundary",
         "backend",
         "bytes_down",
         "bytes_up",
@@ -80,6 +90,7 @@ class ClientSession(asyncio.Protocol):
         "listener",
         "negotiation",
         "peer",
+        "peer_ip",
         "server",
         "started",
         "state",
@@ -96,6 +107,7 @@ class ClientSession(asyncio.Protocol):
         self.backend: BackendConnection | None = None
         self.negotiation: Negotiation | None = None
         self.peer = "-"
+        self.peer_ip = ""
         self.started = time.monotonic()
         self.bytes_up = 0  # client -> backend, after TLS
         self.bytes_down = 0  # backend -> client
@@ -110,6 +122,10 @@ class ClientSession(asyncio.Protocol):
         self._finished = False
         self._half_closed = False
         self._unavailable: PreTlsParser | None = None
+        # Whether the last byte relayed each way closed a tag: only then may a stream-level
+        # element (our </stream:stream> or <stream:error/>) be added without splitting a stanza.
+        self._up_at_boundary = True
+        self._down_at_boundary = True
 
     # -- asyncio.Protocol (client side) --------------------------------------------
 
@@ -118,15 +134,16 @@ class ClientSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
+            self.peer_ip = peer[0]
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         server = self.server
         limits = server.settings.limits
-        if not server.admit(self):
-            if self.listener.starttls:
-                self.transport.write(
-                    stream_header(None) + stream_error("resource-constraint", "server is full")
-                )
-            self._close("refused-max-connections")
+        refused = server.admit(self)
+        if refused is not None:
+            if self.listener.starttls:  # direct TLS cannot say why before a handshake
+                condition, text = _REFUSALS.get(refused, _REFUSALS["max-connections"])
+                self.transport.write(stream_header(None) + stream_error(condition, text))
+            self._close(f"refused-{refused}")
             return
         if self.listener.starttls:
             self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
@@ -248,6 +265,7 @@ class ClientSession(asyncio.Protocol):
             else:
                 assert self.backend is not None
                 self.bytes_up += len(chunk)
+                self._up_at_boundary = chunk[-1] == _GT
                 self.backend.write(chunk)
         self._flush_tls()
 
@@ -327,6 +345,7 @@ class ClientSession(asyncio.Protocol):
     def from_backend(self, data: bytes) -> None:
         if self.state is State.RELAY:
             self.bytes_down += len(data)
+            self._down_at_boundary = data[-1] == _GT
             self._send_tls(data)
 
     def backend_closed(self, reason: str) -> None:
@@ -341,6 +360,13 @@ class ClientSession(asyncio.Protocol):
             return
         if self.state is State.PRE_TLS and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse(condition, text))
+        elif self.state is State.RELAY:
+            # Prosody ends its side cleanly (it answers </stream:stream> and stores what it
+            # must); the client is told to reconnect. Each only between two elements.
+            if self.backend is not None and self._up_at_boundary:
+                self.backend.write(STREAM_CLOSE)
+            if self._down_at_boundary:
+                self._send_tls(stream_error(condition, text))
         self._close("server-shutdown")
 
     def _finish(self) -> None:

@@ -22,6 +22,7 @@ from .support import (
     connect,
     free_port,
     open_stream,
+    port_accepts,
     read_proceed,
     recv_until,
     recv_until_closed,
@@ -104,10 +105,13 @@ def test_backend_closing_mid_session_closes_the_client(proxy_factory: ProxyFacto
         backend.close()
 
 
-def test_sigterm_closes_sessions_and_exits_0(
+def test_sigterm_drains_then_ends_sessions_with_system_shutdown(
     proxy_factory: ProxyFactory, prosody: Prosody, certs: Certs
 ) -> None:
-    proxy = proxy_factory(backend=f"{prosody.host}:{prosody.port}")
+    grace = 2.0
+    proxy = proxy_factory(
+        backend=f"{prosody.host}:{prosody.port}", config={"limits": {"shutdown_grace": grace}}
+    )
     pre_tls = connect(proxy.port)
     open_stream(pre_tls)
     relayed = starttls_session(proxy.port, certs.cafile, "1.0")
@@ -117,16 +121,29 @@ def test_sigterm_closes_sessions_and_exits_0(
     started = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
     try:
+        # The listeners close at once, so a restarted instance could bind ...
+        deadline = time.monotonic() + 5
+        while port_accepts(proxy.port):
+            assert time.monotonic() < deadline, "the listener still accepts after SIGTERM"
+            time.sleep(0.05)
+        # ... while live sessions go on relaying during the grace period: Prosody answers.
+        relayed.sendall(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AG5vYm9keQB3cm9uZw==</auth>"
+        )
+        assert b"<not-authorized/>" in recv_until(relayed, b"</failure>", 10.0)
+        # Then both are ended with system-shutdown, so clients reconnect promptly.
         pre_data, pre_closed = recv_until_closed(pre_tls, 10.0)
-        _, relayed_closed = recv_until_closed(relayed, 10.0)
+        relayed_data, relayed_closed = recv_until_closed(relayed, 10.0)
         status = proxy.proc.wait(timeout=15)
     finally:
         pre_tls.close()
         relayed.close()
+    elapsed = time.monotonic() - started
     assert pre_closed and relayed_closed
-    assert stream_error_condition(pre_data) in {"system-shutdown", None}, pre_data
+    assert stream_error_condition(pre_data) == "system-shutdown", pre_data
+    assert stream_error_condition(relayed_data) == "system-shutdown", relayed_data
     assert status == 0, proxy.log_text()
-    assert time.monotonic() - started < 15
+    assert grace <= elapsed < grace + 10
     assert "Traceback" not in proxy.log_text()
     proxy.stopped = True
 

@@ -1,0 +1,93 @@
+"""Per-source-address limits: concurrent connections and a connect rate.
+
+A refused client is told why with a stream error (server.py/session.py), never dropped
+silently: silent drops are what made UFW ``limit`` so hard to diagnose for XMPP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Forget buckets idle this long: by then they are full again anyway.
+_IDLE_FORGET: Final = 60.0
+_PRUNE_EVERY: Final = 1024
+
+
+class PerIpLimiter:
+    """``admit(ip)`` returns None, or the reason the address is refused; ``release(ip)`` undoes it."""
+
+    __slots__ = ("_active", "_admits", "_buckets", "_clock", "_exempt", "_max_concurrent", "_rate")
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        rate_per_minute: int,
+        exempt: Iterable[Network] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_concurrent = max_concurrent
+        self._rate = rate_per_minute
+        self._exempt = tuple(exempt)
+        self._clock = clock
+        self._active: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last refill)
+        self._admits = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._max_concurrent > 0 or self._rate > 0
+
+    def is_exempt(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._exempt)
+
+    def admit(self, ip: str) -> str | None:
+        if not self.enabled or self.is_exempt(ip):
+            return None
+        if self._max_concurrent and self._active.get(ip, 0) >= self._max_concurrent:
+            return "per-ip-connections"
+        if self._rate and not self._take_token(ip):
+            return "per-ip-rate"
+        if self._max_concurrent:
+            self._active[ip] = self._active.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str) -> None:
+        count = self._active.get(ip)
+        if count is None:
+            return  # exempt or never admitted
+        if count <= 1:
+            del self._active[ip]
+        else:
+            self._active[ip] = count - 1
+
+    def _take_token(self, ip: str) -> bool:
+        now = self._clock()
+        capacity = float(self._rate)
+        tokens, last = self._buckets.get(ip, (capacity, now))
+        tokens = min(capacity, tokens + (now - last) * capacity / 60.0)
+        allowed = tokens >= 1.0
+        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
+        self._admits += 1
+        if self._admits % _PRUNE_EVERY == 0:
+            self._prune(now)
+        return allowed
+
+    def _prune(self, now: float) -> None:
+        stale = [ip for ip, (_, last) in self._buckets.items() if now - last > _IDLE_FORGET]
+        for ip in stale:
+            del self._buckets[ip]
+
+    def tracked(self) -> int:
+        """How many addresses are remembered (bounded by pruning; for tests and metrics)."""
+        return len(self._buckets) + len(self._active)
