@@ -84,7 +84,7 @@ class ProxyHeader:
     ``src``/``dst`` are set only for ``TCP4``/``TCP6`` with the PROXY command; otherwise
     (v1 ``UNKNOWN``, a v2 LOCAL command, or a v2 family other than TCP over IP) they are
     ``None`` and the receiver must use the real connection's addresses. Addresses come back
-    in canonical text form (``str(ipaddress.ip_address(...))``).
+    in canonical text form (RFC 5952; IPv4-mapped ones as ``::ffff:a.b.c.d``).
     """
 
     version: Literal[1, 2]
@@ -104,7 +104,7 @@ def encode_v1(src: Address, dst: Address) -> bytes:
         return _V1_UNKNOWN
     src_ip, src_port, dst_ip, dst_port = pair
     family = "TCP4" if src_ip.version == 4 else "TCP6"
-    return f"PROXY {family} {src_ip} {dst_ip} {src_port} {dst_port}\r\n".encode("ascii")
+    return f"PROXY {family} {_text(src_ip)} {_text(dst_ip)} {src_port} {dst_port}\r\n".encode("ascii")
 
 
 def encode_v2(src: Address, dst: Address) -> bytes:
@@ -156,6 +156,17 @@ def _ip(endpoint: Address) -> IPAddress | None:
         if ip.scope_id is not None:  # fe80::1%eth0: the zone means nothing to the receiver
             return ipaddress.IPv6Address(ip.packed)
     return ip
+
+
+def _text(ip: IPAddress) -> str:
+    """RFC 5952 text; IPv4-mapped as ``::ffff:a.b.c.d`` (§5), like inet_ntop and HAProxy.
+
+    Python 3.13 prints that form itself, 3.11 prints ``::ffff:cb00:7105``: spelled out here
+    so the bytes on the wire do not depend on the interpreter.
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
 
 
 def _as_v6(ip: IPAddress) -> ipaddress.IPv6Address:
@@ -217,8 +228,8 @@ def _decode_v2(head: bytes) -> tuple[ProxyHeader | None, int]:
         if length < 36:
             raise ProxyProtocolError(f"PROXY v2: TCP/IPv6 needs 36 address bytes, got {length}")
         src_port, dst_port = _PORTS.unpack_from(block, 32)
-        src = (str(ipaddress.IPv6Address(block[0:16])), src_port)
-        dst = (str(ipaddress.IPv6Address(block[16:32])), dst_port)
+        src = (_text(ipaddress.IPv6Address(block[0:16])), src_port)
+        dst = (_text(ipaddress.IPv6Address(block[16:32])), dst_port)
         return ProxyHeader(2, "PROXY", "TCP6", src, dst), total
     # UNSPEC, UDP, UNIX: the spec lets a receiver fall back to the real endpoints.
     return ProxyHeader(2, "PROXY", "UNKNOWN", None, None), total
@@ -261,7 +272,7 @@ def _v1_address(text: str, version: int) -> str:
         ip: IPAddress = ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text)
     except ValueError:
         raise ProxyProtocolError(f"PROXY v1: {text[:45]!r} is not an IPv{version} address") from None
-    return str(ip)
+    return _text(ip)
 
 
 def _v1_port(text: str) -> int:
