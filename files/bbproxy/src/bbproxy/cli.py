@@ -12,17 +12,17 @@ from . import __version__
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .server import ListenError, load_contexts, run
 from .tls import CertificateError
+from .workers import Supervisor
 
 log = logging.getLogger("bbproxy")
 
 
-def setup_logging(level: str) -> None:
-    # Under systemd the journal stamps each line; elsewhere we do.
-    fmt = (
-        "%(levelname)s %(message)s"
-        if os.environ.get("JOURNAL_STREAM")
-        else "%(asctime)s %(levelname)s %(message)s"
-    )
+def setup_logging(level: str, prefix: str = "") -> None:
+    # Under systemd the journal stamps each line; elsewhere we do. Workers share one stderr
+    # stream (the journal files it all under the main PID), so their lines say which they are.
+    fmt = f"%(levelname)s {prefix}%(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
 
@@ -57,13 +57,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls})")
         return 0
     setup_logging(settings.log_level)
-    log.info("bbproxy %s starting on the %s event loop", __version__, loop_name)
-    try:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(run(settings, contexts))
-    except ListenError as exc:
-        log.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
+    log.info(
+        "bbproxy %s starting on the %s event loop, %d worker(s)", __version__, loop_name, settings.workers
+    )
+
+    def serve(on_ready: Callable[[], None] | None, reuse_port: bool) -> int:
+        try:
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                runner.run(run(settings, contexts, on_ready=on_ready, reuse_port=reuse_port))
+        except ListenError as exc:
+            log.error("%s", exc)
+            return 1
+        except KeyboardInterrupt:
+            return 0
         return 0
-    return 0
+
+    if settings.workers == 1:
+        return serve(None, reuse_port=False)
+
+    def worker(index: int, ready: Callable[[], None]) -> int:
+        setup_logging(settings.log_level, prefix=f"worker={index} ")
+        return serve(ready, reuse_port=True)
+
+    return Supervisor(settings.workers, worker).run()
