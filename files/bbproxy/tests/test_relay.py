@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import trustme
 
+from bbproxy import proxy_protocol
 from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
@@ -55,7 +56,9 @@ def run(loop_name: str, coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 
 @asynccontextmanager
-async def proxy(pair: CertPair, backend_port: int, **limits: Any) -> AsyncIterator[tuple[ProxyServer, int]]:
+async def proxy(
+    pair: CertPair, backend_port: int, _settings: dict[str, Any] | None = None, **limits: Any
+) -> AsyncIterator[tuple[ProxyServer, int]]:
     settings = Settings(
         listen=(Address("127.0.0.1", 0),),
         direct_tls_listen=(),
@@ -64,6 +67,7 @@ async def proxy(pair: CertPair, backend_port: int, **limits: Any) -> AsyncIterat
         min_tls="1.0",
         cert=pair,
         limits=Limits(**limits),
+        **(_settings or {}),
     )
     server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
     await server.start()
@@ -292,3 +296,39 @@ def test_many_sessions_leave_no_sessions_or_tasks_behind(
             backend.close()
 
     run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_header_names_the_client(
+    version: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        received = bytearray()
+        got_stanza = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(4096):
+                received.extend(data)
+                if received.endswith(b"<presence/>"):
+                    got_stanza.set()
+            writer.close()
+
+        backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+        backend_port = backend.sockets[0].getsockname()[1]
+        settings_override = {"send_proxy_protocol": version}
+        async with proxy(pair, backend_port, _settings=settings_override) as (_, port):
+            _, writer = await starttls_client(port, ca)
+            client_port = writer.get_extra_info("sockname")[1]
+            writer.write(b"<presence/>")
+            await asyncio.wait_for(got_stanza.wait(), DEADLINE)
+            header, used = proxy_protocol.decode(bytes(received))
+            assert header is not None and header.version == int(version[1])
+            assert header.src == ("127.0.0.1", client_port)
+            assert header.dst == ("127.0.0.1", port)
+            assert bytes(received[used:]) == b"<presence/>"  # then the stream, verbatim
+            writer.close()
+        backend.close()
+
+    run("asyncio", scenario)

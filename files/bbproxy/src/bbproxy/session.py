@@ -35,6 +35,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
+from . import proxy_protocol
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
@@ -320,9 +321,20 @@ class ClientSession(asyncio.Protocol):
             return
         self.backend = backend
         self.state = State.RELAY
+        if server.settings.send_proxy_protocol != "off":
+            backend.write(self._proxy_header(server.settings.send_proxy_protocol))
         self._read_tls()  # records that arrived while connecting
         if self.state is State.RELAY and self.transport is not None:
             self.transport.resume_reading()
+
+    def _proxy_header(self, version: str) -> bytes:
+        """PROXY protocol header naming the client, so Prosody logs and limits the real address."""
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        local = self.transport.get_extra_info("sockname")
+        src = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        dst = (str(local[0]), int(local[1])) if local else ("", 0)
+        return proxy_protocol.encode(version, src, dst)
 
     def _unavailable_data(self, chunk: bytes) -> None:
         assert self._unavailable is not None
