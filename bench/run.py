@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -378,6 +379,7 @@ class Peer:
         self.env = env
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -391,7 +393,7 @@ class Peer:
         argv = self.argv(cert)
         self.env.commands.setdefault(self.name, shlex.join(map(str, argv)))
         self.env.starts += 1
-        log = self.env.log(f"{self.name}-{cert.kind if cert else 'plain'}-{self.env.starts}")
+        log = self.log = self.env.log(f"{self.name}-{cert.kind if cert else 'plain'}-{self.env.starts}")
         self.proc = self.env.procs.start(list(map(str, argv)), log)
         self.wait_ready(log)
 
@@ -403,6 +405,26 @@ class Peer:
         if self.proc is not None:
             self.env.procs.stop(self.proc)
             self.proc = None
+
+    def log_summary(self) -> dict[str, Any]:
+        """After stop: error lines in the server's log, and its close reasons (bbproxy's `close=`)."""
+        if self.log is None or not self.log.exists():
+            return {}
+        errors, first = 0, ""
+        reasons: Counter[str] = Counter()
+        with self.log.open(errors="replace") as lines:
+            for line in lines:
+                if ERROR_LINE.search(line):
+                    errors += 1
+                    first = first or line.strip()[:300]
+                reason = CLOSE_REASON.search(line)
+                if reason:
+                    reasons[reason.group(1)] += 1
+        return {"error_lines": errors, "first_error": first, "close_reasons": dict(reasons)}
+
+
+ERROR_LINE = re.compile(r"Traceback|\b(ERROR|CRITICAL)\b|Exception")
+CLOSE_REASON = re.compile(r"\bclose=(\S+)")
 
 
 class BBProxy(Peer):
@@ -779,7 +801,13 @@ Step = Callable[[], "dict[str, Any] | list[dict[str, Any]]"]
 def fresh(peer: Peer, cert: Cert | None, run: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """Run one measurement against a freshly started peer (so no scenario inherits another's heap)."""
     with running(peer, cert):
-        return run() | extra
+        row = run() | extra
+    log = peer.log_summary()
+    if log.get("error_lines"):
+        peer.env.notes.append(
+            f"{peer.name} logged {log['error_lines']} error line(s); first: {log['first_error']}"
+        )
+    return row | {"server_log": log}
 
 
 def scenario_plan(env: Env) -> list[tuple[str, str, float, Step]]:
@@ -968,6 +996,15 @@ def headline(results: dict[str, list[dict[str, Any]]], profile: dict[str, Any]) 
                     "µs",
                 )
     return rows
+
+
+def source_fingerprint() -> str:
+    """A hash of bbproxy's source files, to notice the tree changing under a running benchmark."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "files/bbproxy/src").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def git_info() -> dict[str, Any]:
@@ -1253,6 +1290,21 @@ def markdown(report: dict[str, Any]) -> str:
             failures.update({f"{r['peer']}: {k}": v for k, v in r.get("failures", {}).items()})
     if failures:
         lines += ["## Failures", ""] + [f"- {k}: {v}" for k, v in failures.most_common()] + [""]
+    reasons = []
+    for scenario, rows in res.items():
+        merged: Counter[str] = Counter()
+        for r in rows:
+            if r["peer"] == "bbproxy":
+                merged.update((r.get("server_log") or {}).get("close_reasons", {}))
+        if merged:
+            reasons.append(f"- {scenario}: " + ", ".join(f"`{k}` {v}" for k, v in merged.most_common()))
+    if reasons:
+        lines += [
+            "## bbproxy close reasons (from its per-connection log lines, warm-ups included)",
+            "",
+            *reasons,
+            "",
+        ]
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     lines += ["## Commands", ""] + [f"- {k}: `{v}`" for k, v in report["commands"].items()] + [""]
@@ -1320,6 +1372,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     machine: dict[str, Any] = {}
     run_noise = NoiseMeter(env)
+    fingerprint = source_fingerprint()
     try:
         machine = machine_info(env)
         env.certs = make_certs(workdir)
@@ -1355,6 +1408,11 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         procs.stop_all()
+    if source_fingerprint() != fingerprint:
+        env.notes.append(
+            "bbproxy's source files changed during this run (editable install): "
+            "rows may mix versions; run again"
+        )
     report = {
         "mode": args.mode,
         "started": stamp,
@@ -1362,7 +1420,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "machine": machine,
         "other_cpu_pct": run_noise.other_pct(),
-        "git": git_info(),
+        "git": git_info()
+        | {"src_fingerprint_start": fingerprint, "src_fingerprint_end": source_fingerprint()},
         "settings": {"loop": args.loop, "echo_loop": env.echo_loop, "clients": args.clients, **profile},
         "commands": env.commands,
         "headline": headline(results, profile),
