@@ -191,40 +191,52 @@ def _stat_fields(pid: int) -> list[str]:
     return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
 
 
-def tree_cpu_s(pid: int) -> float:
-    """utime+stime of pid and its live descendants, plus the CPU of children it has reaped."""
+def process_tree(pid: int) -> list[int]:
+    """pid and its live descendants (forked workers, socat's per-connection children)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-    ticks, todo, seen = 0, [pid], set()
+    tree, todo = [], [pid]
     while todo:
         current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
+        if current not in tree:
+            tree.append(current)
+            todo.extend(children.get(current, ()))
+    return tree
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime+stime of pid and its live descendants, plus the CPU of children they have reaped."""
+    ticks = 0
+    for member in process_tree(pid):
         with contextlib.suppress(OSError, IndexError):
-            f = _stat_fields(current)
+            f = _stat_fields(member)
             # utime, stime, cutime, cstime are fields 14-17 of /proc/PID/stat.
             ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-            todo.extend(children.get(current, ()))
     return ticks / CLK_TCK
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """Resident set size (or its peak, field="VmHWM") in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return 0
+    """Resident set size (or its peak, field="VmHWM") in KiB, summed over the process tree.
+    Forked workers share pages, so the sum over-counts them; the deltas the report uses do not."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith(f"{field}:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def fd_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
+    """Open fds over the process tree."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{member}/fd"))
+    return total
 
 
 def settle(pid: int, limit: float = 3.0) -> float:
@@ -437,7 +449,7 @@ class BBProxy(Peer):
             self.env.args.python, "-m", "bbproxy",
             "--listen", f"{HOST}:{self.port}", "--backend", f"{HOST}:{self.env.echo_port}",
             "--cert", str(cert.chain), "--key", str(cert.key), "--domain", DOMAIN,
-            "--loop", self.env.args.loop,
+            "--loop", self.env.args.loop, *shlex.split(self.env.args.proxy_args),
         ]  # fmt: skip
 
 
@@ -1115,7 +1127,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{m['loadavg_start'][0]:.2f}; processes other than this benchmark's used "
             f"{report['other_cpu_pct']:.0f}% of the machine during the run (column `other %` per "
             f"scenario). Python {m['python']}, {m['python_ssl']}, bbproxy {m['bbproxy']} (--loop "
-            f"{report['settings']['loop']}), socat {m['socat']}, echo backend on "
+            f"{(report['settings']['loop'] + ' ' + report['settings']['proxy_args']).strip()}"
+            f"), socat {m['socat']}, echo backend on "
             f"{report['settings']['echo_loop']}."
         ),
         "",
@@ -1332,6 +1345,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="event loop for bbproxy and the python-ssl baseline",
     )
     parser.add_argument("--clients", type=int, default=2, help="load generator processes (handshake/idle)")
+    parser.add_argument(
+        "--proxy-args",
+        default="",
+        help="extra bbproxy arguments, e.g. '--workers 2' (recorded in the report)",
+    )
     parser.add_argument("--handshakes", type=int, help="sessions per handshake run (overrides the profile)")
     parser.add_argument("--idle-sessions", help="comma list of idle session counts (overrides the profile)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep certs and logs in the temp dir")
@@ -1422,7 +1440,13 @@ def main(argv: list[str] | None = None) -> int:
         "other_cpu_pct": run_noise.other_pct(),
         "git": git_info()
         | {"src_fingerprint_start": fingerprint, "src_fingerprint_end": source_fingerprint()},
-        "settings": {"loop": args.loop, "echo_loop": env.echo_loop, "clients": args.clients, **profile},
+        "settings": {
+            "loop": args.loop,
+            "proxy_args": args.proxy_args,
+            "echo_loop": env.echo_loop,
+            "clients": args.clients,
+            **profile,
+        },
         "commands": env.commands,
         "headline": headline(results, profile),
         "results": results,
@@ -1437,7 +1461,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(base.with_suffix(".json"), args.out / f"latest-{args.mode}.json")
     print(text)
     print(f"bench: wrote {base}.md and .json", file=sys.stderr)
-    if args.keep_workdir or interrupted:
+    failed_rows = any(r.get("failed") for rows in results.values() for r in rows)
+    if args.keep_workdir or interrupted or failed_rows or env.notes:  # keep the logs to look at
         print(f"bench: logs and certs kept in {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
