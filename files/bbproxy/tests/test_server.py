@@ -249,3 +249,49 @@ def test_per_ip_limits_answer_with_a_stream_error(
         await server.serve_until_stopped()
 
     run("asyncio", scenario)
+
+
+def test_metrics_endpoint_counts_a_tls10_handshake(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("a.test")
+    cert, key = tmp_path / "a.crt", tmp_path / "a.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    port, metrics_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbproxy", "--direct-tls-listen", f"127.0.0.1:{port}", "--listen",
+         f"127.0.0.1:{free_port()}", "--backend", "127.0.0.1:1", "--cert", str(cert), "--key", str(key),
+         "--domain", "a.test", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        wait_for_log(proc, lines, "metrics on http://")
+        ctx = client_context(ca, ssl.TLSVersion.TLSv1)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
+            ctx.wrap_socket(raw, server_hostname="a.test") as tls,
+        ):
+            assert tls.version() == "TLSv1"
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        end = time.monotonic() + DEADLINE
+        while True:
+            with urllib.request.urlopen(url, timeout=DEADLINE) as response:
+                text = response.read().decode()
+            if "bbproxy_connections_closed_total{" in text or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        handshakes = [line for line in text.splitlines() if line.startswith("bbproxy_handshakes_total{")]
+        assert any('version="TLSv1"' in line and line.endswith(" 1.0") for line in handshakes), text
+        assert "bbproxy_connections_accepted_total{" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import ConfigError, Settings, build_parser, settings_from_args
+from .metrics import Metrics, MetricsUnavailable, NullMetrics
 from .server import ListenError, load_contexts, run
 from .tls import CertificateError
 from .workers import Supervisor
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings: Settings = settings_from_args(args)
         contexts = load_contexts(settings)
         loop_name, new_loop = loop_factory(settings.loop)
-    except (ConfigError, CertificateError) as exc:
+        metrics = Metrics() if settings.metrics_listen is not None else NullMetrics()
+    except (ConfigError, CertificateError, MetricsUnavailable) as exc:
         print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
@@ -61,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bbproxy %s starting on the %s event loop, %d worker(s)", __version__, loop_name, settings.workers
     )
 
-    def serve(on_ready: Callable[[], None] | None, reuse_port: bool) -> int:
+    def serve(on_ready: Callable[[], None] | None, reuse_port: bool, worker: int = 0) -> int:
         try:
             with asyncio.Runner(loop_factory=new_loop) as runner:
-                runner.run(run(settings, contexts, on_ready=on_ready, reuse_port=reuse_port))
+                runner.run(run(settings, contexts, on_ready, reuse_port, metrics, worker))
         except ListenError as exc:
             log.error("%s", exc)
             return 1
@@ -77,6 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def worker(index: int, ready: Callable[[], None]) -> int:
         setup_logging(settings.log_level, prefix=f"worker={index} ")
-        return serve(ready, reuse_port=True)
+        return serve(ready, reuse_port=True, worker=index)
 
     return Supervisor(settings.workers, worker).run()

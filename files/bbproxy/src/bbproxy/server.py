@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from functools import partial
 from . import notify
 from .config import Address, Settings
 from .limits import PerIpLimiter
+from .metrics import LiveTotals, Metrics, NullMetrics
+from .metrics import serve as serve_metrics
 from .session import ClientSession
 from .tls import CertificateError, TlsContexts
 
@@ -44,9 +47,6 @@ class Stats:
     handshake_failures: int = 0
     backend_failures: int = 0
     handshakes: Counter[str] = field(default_factory=Counter)
-
-    def count_handshake(self, version: str) -> None:
-        self.handshakes[version] += 1
 
 
 def load_contexts(settings: Settings) -> TlsContexts:
@@ -93,8 +93,11 @@ class ProxyServer:
         contexts: TlsContexts,
         loop: asyncio.AbstractEventLoop,
         reuse_port: bool = False,
+        metrics: Metrics | NullMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self.metrics.set_live_source(self.live_totals)
         self.reuse_port = reuse_port
         limits = settings.limits
         self.per_ip = PerIpLimiter(
@@ -115,6 +118,7 @@ class ProxyServer:
     def admit(self, session: ClientSession) -> str | None:
         """None if the session may go on, else why it is refused."""
         self.stats.accepted += 1
+        self.metrics.accepted(session.listener.name)
         if self._stopping.is_set():
             reason: str | None = "shutting-down"
         elif len(self.sessions) >= self.settings.limits.max_connections:
@@ -123,15 +127,38 @@ class ProxyServer:
             reason = self.per_ip.admit(session.peer_ip)
         if reason is not None:
             self.stats.refused += 1
+            self.metrics.refused(session.listener.name, reason)
             return reason
         self.sessions.add(session)
         self._idle.clear()
         return None
 
+    def handshake_done(self, session: ClientSession) -> None:
+        self.stats.handshakes[session.tls_version] += 1
+        seconds = time.monotonic() - session.tls_started
+        self.metrics.handshake(session.listener.name, session.tls_version, session.cipher, seconds)
+
+    def handshake_failed(self, session: ClientSession, reason: str) -> None:
+        self.stats.handshake_failures += 1
+        self.metrics.handshake_failed(session.listener.name, reason)
+
+    def backend_failed(self) -> None:
+        self.stats.backend_failures += 1
+        self.metrics.backend_failed()
+
+    def live_totals(self) -> LiveTotals:
+        """What the sessions still open have relayed; the metrics add it at scrape time."""
+        up = down = 0
+        for session in self.sessions:
+            up += session.bytes_up
+            down += session.bytes_down
+        return LiveTotals(len(self.sessions), up, down)
+
     def release(self, session: ClientSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             self.per_ip.release(session.peer_ip)
+            self.metrics.closed(session.close_reason, session.bytes_up, session.bytes_down)
         session.log_close()
         if not self.sessions:
             self._idle.set()
@@ -177,6 +204,11 @@ class ProxyServer:
             log.info("certificates reloaded")
         notify.send("READY=1")
 
+    async def close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -213,11 +245,28 @@ async def run(
     contexts: TlsContexts,
     on_ready: Callable[[], object] | None = None,
     reuse_port: bool = False,
+    metrics: Metrics | NullMetrics | None = None,
+    worker: int = 0,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; ``on_ready`` (default: sd_notify READY=1) once listening."""
+    """Serve until SIGTERM/SIGINT; ``on_ready`` (default: sd_notify READY=1) once listening.
+
+    With metrics, worker N serves them on metrics_listen's port + N: each worker process
+    has its own counters.
+    """
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings, contexts, loop, reuse_port=reuse_port)
+    server = ProxyServer(settings, contexts, loop, reuse_port=reuse_port, metrics=metrics)
     await server.start()
+    metrics_server = None
+    if isinstance(metrics, Metrics) and settings.metrics_listen is not None:
+        address = Address(settings.metrics_listen.host, settings.metrics_listen.port + worker)
+        try:
+            metrics_server = await serve_metrics(metrics, address.host, address.port)
+        except OSError as exc:
+            await server.close_listeners()
+            raise ListenError(
+                f"cannot listen on {address} (metrics): {(exc.strerror or str(exc)).lower()}"
+            ) from None
+        log.info("metrics on http://%s/metrics", address)
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)
     loop.add_signal_handler(signal.SIGINT, server.request_stop)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
@@ -226,3 +275,6 @@ async def run(
     else:
         on_ready()
     await server.serve_until_stopped()
+    if metrics_server is not None:  # last, so the drain itself can be watched
+        metrics_server.close()
+        await metrics_server.wait_closed()

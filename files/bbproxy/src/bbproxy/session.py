@@ -95,6 +95,7 @@ class ClientSession(asyncio.Protocol):
         "server",
         "started",
         "state",
+        "tls_started",
         "tls_version",
         "transport",
     )
@@ -110,6 +111,7 @@ class ClientSession(asyncio.Protocol):
         self.peer = "-"
         self.peer_ip = ""
         self.started = time.monotonic()
+        self.tls_started = self.started
         self.bytes_up = 0  # client -> backend, after TLS
         self.bytes_down = 0  # backend -> client
         self.tls_version = "-"
@@ -206,13 +208,14 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
             self._close("pre-tls-timeout")
         elif self.state is State.HANDSHAKE:
-            self.server.stats.handshake_failures += 1
+            self.server.handshake_failed(self, "timeout")
             self._close("tls-failed: timeout")
 
     # -- TLS -------------------------------------------------------------------------------
 
     def _begin_tls(self, ctx: ssl.SSLContext) -> None:
         self.state = State.HANDSHAKE
+        self.tls_started = time.monotonic()
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._sslobj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -229,7 +232,7 @@ class ClientSession(asyncio.Protocol):
             return
         except (ssl.SSLError, OSError) as exc:
             self._flush_tls()  # the alert tells the client why
-            self.server.stats.handshake_failures += 1
+            self.server.handshake_failed(self, _describe(exc))
             self._close(f"tls-failed: {_describe(exc)}")
             return
         self._flush_tls()  # last flight, TLS 1.3 session tickets
@@ -237,7 +240,7 @@ class ClientSession(asyncio.Protocol):
         self.tls_version = self._sslobj.version() or "-"
         cipher = self._sslobj.cipher()
         self.cipher = cipher[0] if cipher else "-"
-        self.server.stats.count_handshake(self.tls_version)
+        self.server.handshake_done(self)
         self.state = State.CONNECTING
         assert self.transport is not None
         self.transport.pause_reading()  # until the backend can take the bytes
@@ -305,7 +308,7 @@ class ClientSession(asyncio.Protocol):
             return
         except (OSError, TimeoutError) as exc:
             if self.state is State.CONNECTING:
-                server.stats.backend_failures += 1
+                server.backend_failed()
                 log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
                 self.close_reason = f"backend-unavailable: {_describe(exc)}"
                 self.state = State.UNAVAILABLE
