@@ -436,7 +436,7 @@ class Peer:
 
 
 ERROR_LINE = re.compile(r"Traceback|\b(ERROR|CRITICAL)\b|Exception")
-CLOSE_REASON = re.compile(r"\bclose=(\S+)")
+CLOSE_REASON = re.compile(r"\bclose=(.+?)\s*$")  # the last field of bbproxy's line; may contain spaces
 
 
 class BBProxy(Peer):
