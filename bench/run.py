@@ -652,7 +652,7 @@ def run_handshakes(env: Env, peer: Peer, tls: str, cert: Cert) -> dict[str, Any]
 
 
 def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
-    tls = "1.0"
+    tls, requested = "1.0", sessions
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     fds_per_session = 2 if peer.name == "bbproxy" else 1
     limit = (hard - 200) // fds_per_session
@@ -701,8 +701,9 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
     for e in established:
         failures.update(e["failures"])
     return {
-        "peer": peer.name, "proto": peer.proto, "tls": tls, "cert": cert.kind, "sessions": sessions, "ok": ok,
-        "failed": sum(failures.values()), "failures": dict(failures), "open_s": round(open_s, 2),
+        "peer": peer.name, "proto": peer.proto, "tls": tls, "cert": cert.kind, "requested": requested,
+        "sessions": sessions, "ok": ok, "failed": sum(failures.values()), "failures": dict(failures),
+        "open_s": round(open_s, 2),
         "dead_at_close": sum(c["dead_at_close"] for c in closed),
         "rss_before_kib": rss0, "rss_held_kib": rss1, "rss_after_close_kib": rss2,
         "rss_peak_kib": peak,
@@ -947,14 +948,10 @@ def headline(results: dict[str, list[dict[str, Any]]], profile: dict[str, Any]) 
         )
     for sessions in profile["idle_sessions"]:
         mine = [
-            r
-            for r in results.get("idle", [])
-            if r["peer"] == "bbproxy" and r["sessions"] <= sessions and r["sessions"] > sessions // 2
+            r for r in results.get("idle", []) if r["peer"] == "bbproxy" and r.get("requested") == sessions
         ]
         base = [
-            r
-            for r in results.get("idle", [])
-            if r["peer"] == "python-ssl" and r["sessions"] <= sessions and r["sessions"] > sessions // 2
+            r for r in results.get("idle", []) if r["peer"] == "python-ssl" and r.get("requested") == sessions
         ]
         if mine:
             kib = mine[0]["kib_per_session"]
