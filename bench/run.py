@@ -64,7 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stream_warmup_s": 0.5,
         "stream_conns": [1, 16],
         "stream_tls": ["1.3", "1.0"],
-        "latency_samples": 2000,
+        "latency_samples": 6000,
     },
     "full": {
         "budget_s": 870,
@@ -872,7 +872,8 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+    """a / b, or None when it would mean nothing (no baseline, or a baseline <= 0: a noisy difference)."""
+    return a / b if a is not None and b is not None and b > 0 else None
 
 
 def headline(results: dict[str, list[dict[str, Any]]], profile: dict[str, Any]) -> list[dict[str, Any]]:
