@@ -37,7 +37,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell test-python molecule molecule-trixie test demo demo-clean
+	lint-types lint-shell test-python molecule molecule-trixie test demo demo-clean bench
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -50,6 +50,7 @@ help:
 	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
+	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up
@@ -120,7 +121,7 @@ endef
 
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
-PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests scripts)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests scripts bench)
 SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
@@ -183,3 +184,10 @@ demo: deps venv image
 
 demo-clean:
 	scripts/demo.sh clean
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark (bench/README.md): loopback only, bounded; a report in bench/results/.
+
+BENCH_ARGS ?= --quick
+bench: deps venv
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
