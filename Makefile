@@ -37,7 +37,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell test-python molecule molecule-trixie test demo demo-clean bench
+	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie test demo demo-clean bench
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -46,7 +46,7 @@ help:
 	@echo "  make deps           apt packages (only when root and missing)"
 	@echo "  make venv           .venv/ from requirements-dev.txt (+ files/bbproxy editable)"
 	@echo "  make image          Debian 12 systemd image (cached by tag)"
-	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck"
+	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck, role docs"
 	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
@@ -126,7 +126,7 @@ SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard 
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
 lint: venv
-	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types lint-shell
+	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types lint-shell lint-role-docs
 
 lint-yaml:
 	@echo "--- yamllint"
@@ -143,6 +143,11 @@ lint-python:
 lint-shell:
 	@echo "--- shellcheck"
 	$(BIN)/shellcheck $(SHELL_FILES)
+
+# The role's README variables table and defaults/main.yml against meta/argument_specs.yml.
+lint-role-docs:
+	@echo "--- role docs (roles/bbproxy/tests/check_docs.py)"
+	$(BIN)/python roles/bbproxy/tests/check_docs.py
 
 lint-types:
 	@if [ -d files/bbproxy/src ]; then \
