@@ -18,7 +18,7 @@ import trustme
 
 from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
-from bbproxy.tls import CertPair
+from bbproxy.tls import CertPair, build_context, self_test
 
 from .test_relay import DEADLINE, PROCEED, client_context, run
 
@@ -295,3 +295,21 @@ def test_metrics_endpoint_counts_a_tls10_handshake(tmp_path: Path) -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("min_tls", ["1.0", "1.1", "1.2", "1.3"])
+def test_self_test_handshakes_at_the_lowest_promised_version(
+    min_tls: str, two_domains: tuple[trustme.CA, dict[str, CertPair]]
+) -> None:
+    _, pairs = two_domains
+    ctx = build_context(pairs["a.test"], min_tls)
+    assert self_test(ctx, min_tls) is None
+
+
+def test_self_test_fails_when_the_context_cannot_do_the_version(
+    two_domains: tuple[trustme.CA, dict[str, CertPair]],
+) -> None:
+    _, pairs = two_domains
+    modern_only = build_context(pairs["a.test"], "1.2")  # as if OpenSSL had no TLS 1.0
+    problem = self_test(modern_only, "1.0")
+    assert problem is not None and problem != ""

@@ -94,6 +94,41 @@ def build_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
     return ctx
 
 
+def self_test(server_ctx: ssl.SSLContext, version: str) -> str | None:
+    """Handshake with ``server_ctx`` in memory at exactly ``version``; None, or why it failed.
+
+    No socket is involved: two SSLObjects talk over MemoryBIOs, which takes about a
+    millisecond. The client offers what legacy devices offer at that version.
+    """
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE  # the certificate's trust is the client's business
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client_ctx.minimum_version = client_ctx.maximum_version = TLS_VERSIONS[version]
+    client_ctx.set_ciphers(cipher_string(version))
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(8):  # a full handshake needs at most 4 flights
+        for name, side in (("client", client), ("server", server)):
+            if done[name]:
+                continue
+            try:
+                side.do_handshake()
+                done[name] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                return str(exc.reason or exc)
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return None if client.version() == server.version() else "the two sides disagree on the version"
+    return "the handshake did not finish"
+
+
 class TlsContexts:
     """All server contexts: one per domain, picked by SNI or, with no SNI, by stream ``to``."""
 
@@ -113,9 +148,20 @@ class TlsContexts:
         per_domain: Mapping[str, CertPair],
         min_tls: str,
     ) -> TlsContexts:
-        """Load every certificate once; raise CertificateError naming the first bad file."""
+        """Load every certificate once; raise CertificateError naming the first bad file.
+
+        Each context must also pass :func:`self_test` at the lowest version it promises, so a
+        build of OpenSSL without TLS 1.0 (or a certificate it cannot sign old handshakes with)
+        stops the start, or the reload, with one clear line instead of failing every device.
+        """
         default = build_context(default_pair, min_tls)
         by_domain = {d: build_context(per_domain[d], min_tls) for d in domains if d in per_domain}
+        for name, ctx in (("default", default), *by_domain.items()):
+            problem = self_test(ctx, min_tls)
+            if problem is not None:
+                raise CertificateError(
+                    f"TLS {min_tls} self-test failed for the {name} certificate: {problem}"
+                )
         return cls(default, by_domain)
 
     def for_domain(self, domain: str | None) -> ssl.SSLContext:
