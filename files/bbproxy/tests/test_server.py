@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -313,3 +315,38 @@ def test_self_test_fails_when_the_context_cannot_do_the_version(
     modern_only = build_context(pairs["a.test"], "1.2")  # as if OpenSSL had no TLS 1.0
     problem = self_test(modern_only, "1.0")
     assert problem is not None and problem != ""
+
+
+def test_legacy_and_failed_handshakes_are_logged_with_a_fingerprint(
+    two_domains: tuple[trustme.CA, dict[str, CertPair]], caplog: pytest.LogCaptureFixture
+) -> None:
+    ca, pairs = two_domains
+    caplog.set_level(logging.INFO, logger="bbproxy.session")
+
+    async def handshake(port: int, version: ssl.TLSVersion) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        ctx = client_context(ca, version)
+        ctx.check_hostname = False
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.start_tls(ctx, server_hostname="b.test")
+        writer.close()
+
+    async def scenario() -> None:
+        for min_tls in ("1.0", "1.2"):
+            settings = dataclasses.replace(settings_for(pairs), min_tls=min_tls)
+            server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+            await server.start()
+            direct_port = server.bound_ports()[1]
+            await handshake(direct_port, ssl.TLSVersion.TLSv1)
+            await handshake(direct_port, ssl.TLSVersion.TLSv1_3)
+            server.request_stop()
+            await server.serve_until_stopped()
+
+    run("asyncio", scenario)
+    lines = [r.getMessage() for r in caplog.records if "versions=" in r.getMessage()]
+    legacy = [line for line in lines if "legacy client TLSv1:" in line]
+    failed = [line for line in lines if "handshake failed" in line]
+    assert len(legacy) == 1 and "versions=TLSv1 " in legacy[0] and "sni=b.test" in legacy[0], lines
+    assert "ja3=" in legacy[0]
+    assert len(failed) == 1 and "versions=TLSv1 " in failed[0], lines  # TLS 1.0 against min_tls 1.2
+    assert not any("TLSv1.3" in line for line in lines)  # modern handshakes are not logged

@@ -36,6 +36,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
 from . import proxy_protocol
+from .clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
@@ -50,6 +51,7 @@ HALF_CLOSE_GRACE: Final = 30.0
 READ_SIZE: Final = 16384
 _ids = itertools.count(1)
 _GT: Final = 0x3E  # ">"
+_LEGACY_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1"})
 # Why a connection is refused at accept -> the stream error that says so (RFC 6120 §4.9.3).
 _REFUSALS: Final = {
     "max-connections": ("resource-constraint", "the server is full, try again later"),
@@ -75,6 +77,7 @@ class ClientSession(asyncio.Protocol):
         "_down_at_boundary",
         "_finished",
         "_half_closed",
+        "_hello",
         "_incoming",
         "_outgoing",
         "_sslobj",
@@ -124,6 +127,9 @@ class ClientSession(asyncio.Protocol):
         self._outgoing: ssl.MemoryBIO | None = None
         self._finished = False
         self._half_closed = False
+        # The client's ClientHello while it is being read, then what it offered, until the
+        # handshake ends: legacy and failed handshakes are logged with a fingerprint.
+        self._hello: ClientHelloParser | ClientHello | str | None = None
         self._unavailable: PreTlsParser | None = None
         # Whether the last byte relayed each way closed a tag: only then may a stream-level
         # element (our </stream:stream> or <stream:error/>) be added without splitting a stanza.
@@ -163,6 +169,8 @@ class ClientSession(asyncio.Protocol):
             # paused meanwhile, so at most one read's worth): nothing is lost, nothing grows.
             self._incoming.write(data)
             if state is State.HANDSHAKE:
+                if isinstance(self._hello, ClientHelloParser):
+                    self._read_hello(self._hello, data)
                 self._continue_handshake()
             elif state is State.RELAY or state is State.UNAVAILABLE:
                 self._read_tls()
@@ -208,13 +216,32 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
             self._close("pre-tls-timeout")
         elif self.state is State.HANDSHAKE:
+            self._log_fingerprint("handshake timed out")
             self.server.handshake_failed(self, "timeout")
             self._close("tls-failed: timeout")
 
     # -- TLS -------------------------------------------------------------------------------
 
+    def _read_hello(self, parser: ClientHelloParser, data: bytes) -> None:
+        try:
+            hello = parser.feed(data)
+        except ClientHelloError as exc:
+            self._hello = f"unparsable ClientHello ({exc})"
+            return
+        if hello is not None:
+            self._hello = hello
+
+    def _log_fingerprint(self, what: str) -> None:
+        hello = self._hello
+        if isinstance(hello, ClientHello):
+            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary())
+        elif isinstance(hello, str):
+            log.info("conn=%d %s: %s", self.conn_id, what, hello)
+        self._hello = None
+
     def _begin_tls(self, ctx: ssl.SSLContext) -> None:
         self.state = State.HANDSHAKE
+        self._hello = ClientHelloParser()
         self.tls_started = time.monotonic()
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -232,6 +259,7 @@ class ClientSession(asyncio.Protocol):
             return
         except (ssl.SSLError, OSError) as exc:
             self._flush_tls()  # the alert tells the client why
+            self._log_fingerprint(f"handshake failed ({_describe(exc)})")
             self.server.handshake_failed(self, _describe(exc))
             self._close(f"tls-failed: {_describe(exc)}")
             return
@@ -240,6 +268,9 @@ class ClientSession(asyncio.Protocol):
         self.tls_version = self._sslobj.version() or "-"
         cipher = self._sslobj.cipher()
         self.cipher = cipher[0] if cipher else "-"
+        if self.tls_version in _LEGACY_VERSIONS:
+            self._log_fingerprint(f"legacy client {self.tls_version}")
+        self._hello = None
         self.server.handshake_done(self)
         self.state = State.CONNECTING
         assert self.transport is not None

@@ -1,0 +1,234 @@
+"""Sans-IO parser for a TLS ClientHello, for device fingerprints (and, later, routing).
+
+The proxy sees the handshake bytes before OpenSSL does (its TLS runs over MemoryBIOs), so
+it can say, per legacy or failed handshake, what the device offered: versions, suites,
+SNI, ALPN, groups and a JA3 hash. That is how an operator finds out which devices still
+need TLS 1.0, and why one fails. Bounded in size; any malformed input is a
+:class:`ClientHelloError`, never another exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+MAX_BYTES: Final = 16384  # a ClientHello larger than this is not one we need to read
+VERSION_NAMES: Final = {
+    0x0300: "SSLv3",
+    0x0301: "TLSv1",
+    0x0302: "TLSv1.1",
+    0x0303: "TLSv1.2",
+    0x0304: "TLSv1.3",
+}
+
+_EXT_SERVER_NAME: Final = 0
+_EXT_GROUPS: Final = 10
+_EXT_POINT_FORMATS: Final = 11
+_EXT_ALPN: Final = 16
+_EXT_SUPPORTED_VERSIONS: Final = 43
+_HANDSHAKE: Final = 0x16
+_CLIENT_HELLO: Final = 1
+
+
+class ClientHelloError(ValueError):
+    """Not a (complete, well-formed) TLS ClientHello."""
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 GREASE values (0x0A0A, 0x1A1A, ...) are noise, left out of fingerprints."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    legacy_version: int
+    supported_versions: tuple[int, ...]
+    ciphers: tuple[int, ...]
+    extensions: tuple[int, ...]
+    groups: tuple[int, ...]
+    point_formats: tuple[int, ...]
+    sni: str | None
+    alpn: tuple[str, ...]
+
+    @property
+    def max_version(self) -> int:
+        return max(self.supported_versions) if self.supported_versions else self.legacy_version
+
+    def ja3_string(self) -> str:
+        def dashed(values: tuple[int, ...]) -> str:
+            return "-".join(str(v) for v in values if not is_grease(v))
+
+        return ",".join(
+            (
+                str(self.legacy_version),
+                dashed(self.ciphers),
+                dashed(self.extensions),
+                dashed(self.groups),
+                dashed(self.point_formats),
+            )
+        )
+
+    def ja3(self) -> str:
+        return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
+
+    def summary(self) -> str:
+        """One log-friendly line; no field comes from the client unescaped."""
+        versions = self.supported_versions or (self.legacy_version,)
+        return (
+            f"versions={','.join(_version_name(v) for v in versions if not is_grease(v))} "
+            f"ciphers={_hex_list(self.ciphers)} sni={_safe(self.sni) if self.sni else '-'} "
+            f"alpn={','.join(_safe(p) for p in self.alpn) or '-'} groups={_hex_list(self.groups)} "
+            f"ja3={self.ja3()}"
+        )
+
+
+def _version_name(value: int) -> str:
+    return VERSION_NAMES.get(value, f"0x{value:04x}")
+
+
+def _hex_list(values: tuple[int, ...]) -> str:
+    return ",".join(f"{v:04x}" for v in values if not is_grease(v)) or "-"
+
+
+def _safe(text: str) -> str:
+    """Printable ASCII only, bounded: SNI and ALPN are client-controlled."""
+    return "".join(c if 0x21 <= ord(c) < 0x7F else "?" for c in text[:64])
+
+
+class ClientHelloParser:
+    """Feed the first bytes of a TLS connection; ``feed`` returns the ClientHello once complete."""
+
+    __slots__ = ("_buf", "_max", "_need")
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_bytes
+        self._need = 1  # parse again only once the buffer is this long (no rescans per byte)
+
+    def feed(self, data: bytes) -> ClientHello | None:
+        self._buf += data
+        if len(self._buf) < self._need:
+            if len(self._buf) > self._max:
+                raise ClientHelloError("ClientHello too large")
+            return None
+        if self._buf[:1] and self._buf[0] & 0x80:
+            raise ClientHelloError("SSLv2-format hello")
+        if self._buf[:1] and self._buf[0] != _HANDSHAKE:
+            raise ClientHelloError("not a TLS handshake record")
+        message = self._reassemble()
+        if message is None:
+            if len(self._buf) > self._max:
+                raise ClientHelloError("ClientHello too large")
+            return None
+        return parse_client_hello(message)
+
+    def _reassemble(self) -> bytes | None:
+        """The handshake message from the records received so far, or None if incomplete."""
+        body = bytearray()
+        pos = 0
+        buf = self._buf
+        while pos + 5 <= len(buf):
+            content_type, _, length = struct.unpack_from("!BHH", buf, pos)
+            if content_type != _HANDSHAKE:
+                raise ClientHelloError("ClientHello interrupted by another record type")
+            if length == 0 or length > 16384 + 2048:
+                raise ClientHelloError("bad record length")
+            complete = pos + 5 + length <= len(buf)
+            body += buf[pos + 5 : min(pos + 5 + length, len(buf))]
+            pos += 5 + length
+            if len(body) >= 4:  # judge the handshake header as soon as it is here
+                if body[0] != _CLIENT_HELLO:
+                    raise ClientHelloError("first handshake message is not a ClientHello")
+                needed = 4 + int.from_bytes(body[1:4], "big")
+                if needed > self._max:
+                    raise ClientHelloError("ClientHello too large")
+                if complete and len(body) >= needed:
+                    return bytes(body[4:needed])
+            if not complete:
+                # Headers and the first 4 bytes of the message were checked; wait for the record.
+                self._need = pos if len(body) >= 4 else len(buf) + 1
+                return None
+        self._need = pos + 5
+        return None
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ClientHelloError("truncated ClientHello")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "big")
+
+    def vector(self, length_bytes: int) -> bytes:
+        return self.take(self.uint(length_bytes))
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+def _u16_list(data: bytes) -> tuple[int, ...]:
+    if len(data) % 2:
+        raise ClientHelloError("odd-length list")
+    return tuple(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    """Parse a ClientHello handshake body (after the 4-byte handshake header)."""
+    r = _Reader(body)
+    legacy_version = r.uint(2)
+    r.take(32)  # random
+    r.vector(1)  # session id
+    ciphers = _u16_list(r.vector(2))
+    r.vector(1)  # compression methods
+    extensions: list[int] = []
+    groups: tuple[int, ...] = ()
+    point_formats: tuple[int, ...] = ()
+    versions: tuple[int, ...] = ()
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    if not r.done():
+        ext = _Reader(r.vector(2))
+        while not ext.done():
+            ext_type = ext.uint(2)
+            data = _Reader(ext.vector(2))
+            extensions.append(ext_type)
+            if ext_type == _EXT_GROUPS:
+                groups = _u16_list(data.vector(2))
+            elif ext_type == _EXT_POINT_FORMATS:
+                point_formats = tuple(data.vector(1))
+            elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                versions = _u16_list(data.vector(1))
+            elif ext_type == _EXT_SERVER_NAME and data.data:
+                names = _Reader(data.vector(2))
+                while not names.done():
+                    name_type, name = names.uint(1), names.vector(2)
+                    if name_type == 0:
+                        sni = name.decode("ascii", "replace")
+            elif ext_type == _EXT_ALPN:
+                protocols = _Reader(data.vector(2))
+                found = []
+                while not protocols.done():
+                    found.append(protocols.vector(1).decode("ascii", "replace"))
+                alpn = tuple(found)
+    return ClientHello(
+        legacy_version=legacy_version,
+        supported_versions=tuple(v for v in versions if not is_grease(v)),
+        ciphers=ciphers,
+        extensions=tuple(extensions),
+        groups=groups,
+        point_formats=point_formats,
+        sni=sni,
+        alpn=alpn,
+    )

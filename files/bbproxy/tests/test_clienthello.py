@@ -1,0 +1,166 @@
+"""ClientHello parsing on real ClientHellos (Python's ssl, openssl s_client) and hostile bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import threading
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bbproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser, is_grease
+from bbproxy.tls import cipher_string
+
+
+def python_hello(
+    version: ssl.TLSVersion, sni: str | None = "example.test", alpn: list[str] | None = None
+) -> bytes:
+    """The ClientHello bytes Python's ssl sends, captured from an in-memory client."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers(cipher_string("1.0"))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def parse_all(data: bytes, chunk: int) -> ClientHello | None:
+    parser = ClientHelloParser()
+    result = None
+    for i in range(0, len(data), chunk):
+        result = parser.feed(data[i : i + chunk])
+        if result is not None:
+            return result
+    return result
+
+
+def test_tls10_hello_from_python() -> None:
+    hello = parse_all(python_hello(ssl.TLSVersion.TLSv1, alpn=["xmpp-client"]), 4096)
+    assert hello is not None
+    assert hello.max_version == 0x0301
+    assert hello.sni == "example.test"
+    assert hello.alpn == ("xmpp-client",)
+    assert 0xC013 in hello.ciphers  # ECDHE-RSA-AES128-SHA
+    assert "versions=TLSv1 " in hello.summary()
+    assert len(hello.ja3()) == 32
+
+
+def test_tls13_hello_names_every_offered_version_and_groups() -> None:
+    hello = parse_all(python_hello(ssl.TLSVersion.TLSv1_3, sni=None), 4096)
+    assert hello is not None
+    assert hello.max_version == 0x0304 and hello.legacy_version == 0x0303
+    assert hello.sni is None
+    assert 0x001D in hello.groups  # x25519
+    assert "sni=-" in hello.summary()
+
+
+def test_any_chunking_gives_the_same_hello() -> None:
+    data = python_hello(ssl.TLSVersion.TLSv1_2)
+    whole = parse_all(data, len(data))
+    assert whole is not None
+    for size in (1, 2, 5, 7, 100):
+        assert parse_all(data, size) == whole
+
+
+def test_hello_split_over_two_records() -> None:
+    data = python_hello(ssl.TLSVersion.TLSv1_2)
+    body = data[5:]
+    half = len(body) // 2
+    two_records = (
+        data[:3]
+        + half.to_bytes(2, "big")
+        + body[:half]
+        + data[:3]
+        + (len(body) - half).to_bytes(2, "big")
+        + body[half:]
+    )
+    assert parse_all(two_records, 64) == parse_all(data, 64)
+
+
+def test_openssl_s_client_hello_at_tls10() -> None:
+    """A hello from a different TLS stack: capture what `openssl s_client -tls1` sends."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        captured = bytearray()
+
+        def accept() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                parser = ClientHelloParser()
+                while (chunk := conn.recv(4096)) and parser.feed(chunk) is None:
+                    pass
+                captured.extend(parser._buf)  # the test wants the raw bytes
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1",
+             "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "legacy.test"],
+            input=b"", capture_output=True, timeout=20, check=False,
+        )  # fmt: skip
+        thread.join(20)
+    hello = parse_all(bytes(captured), 4096)
+    assert hello is not None
+    assert hello.max_version == 0x0301 and hello.sni == "legacy.test"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x2e\x01\x03\x01",  # SSLv2-format hello
+        b"GET / HTTP/1.1\r\n",
+        b"\x17\x03\x01\x00\x05hello",  # application data
+        b"\x16\x03\x01\x00\x00",  # empty record
+        b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",  # a ServerHello, not a ClientHello
+        b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x01",  # truncated body
+    ],
+)
+def test_bad_input_is_a_clienthello_error(data: bytes) -> None:
+    with pytest.raises(ClientHelloError):
+        ClientHelloParser().feed(data)
+
+
+def test_oversized_hello_is_refused() -> None:
+    parser = ClientHelloParser(max_bytes=1024)
+    header = b"\x16\x03\x01\x40\x00" + b"\x01\x00\x3f\xfc"  # claims a 16 KiB hello
+    with pytest.raises(ClientHelloError, match="too large"):
+        parser.feed(header)
+
+
+def test_grease() -> None:
+    assert is_grease(0x0A0A) and is_grease(0xFAFA)
+    assert not is_grease(0x0A0B) and not is_grease(0x1301)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
+    with contextlib.suppress(ClientHelloError):
+        ClientHelloParser().feed(b"\x16\x03\x01" + data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.data())
+def test_mutated_real_hellos_never_raise_anything_else(data: st.DataObject) -> None:
+    hello = bytearray(python_hello(ssl.TLSVersion.TLSv1_2))
+    for _ in range(data.draw(st.integers(1, 8))):
+        hello[data.draw(st.integers(0, len(hello) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ClientHelloError):
+        ClientHelloParser().feed(bytes(hello))
