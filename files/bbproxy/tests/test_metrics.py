@@ -42,6 +42,8 @@ from bbproxy.metrics import (
     tls_version,
 )
 
+from .helpers import run
+
 LOOPS = ["asyncio", "uvloop"]
 LISTENER = "starttls/0.0.0.0:5222"
 DIRECT = "direct-tls/[::]:5223"
@@ -401,16 +403,6 @@ def test_importing_the_module_does_not_import_prometheus_client() -> None:
 
 
 # -- the HTTP endpoint ---------------------------------------------------------------------
-
-
-def run(loop_name: str, coro_fn: Callable[[], Awaitable[None]]) -> None:
-    if loop_name == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(asyncio.wait_for(coro_fn(), 60))
 
 
 def http_get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:

@@ -10,8 +10,7 @@ import asyncio
 import hashlib
 import os
 import ssl
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
+from .helpers import DEADLINE, client_context, run, until
+
 DOMAIN = "example.test"
 HEADER = (
     f"<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' "
@@ -31,7 +32,6 @@ HEADER = (
 ).encode()
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 LOOPS = ["asyncio", "uvloop"]
-DEADLINE = 20.0  # seconds any single wait may take before the test fails
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,6 @@ def ca_and_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, C
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     return ca, CertPair(Path(cert), Path(key))
-
-
-def run(loop_name: str, coro_fn: Callable[[], Awaitable[None]]) -> None:
-    if loop_name == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(asyncio.wait_for(coro_fn(), 60))
 
 
 @asynccontextmanager
@@ -79,17 +69,6 @@ async def proxy(
         await server.serve_until_stopped()
 
 
-def client_context(ca: trustme.CA, version: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = version
-        ctx.maximum_version = version
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
-
-
 async def starttls_client(
     port: int, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -100,16 +79,6 @@ async def starttls_client(
     await reader.readuntil(PROCEED)
     await writer.start_tls(client_context(ca, version), server_hostname=DOMAIN)
     return reader, writer
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll a condition on the loop (no fixed sleep), failing after DEADLINE."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not predicate():
-        if loop.time() > end:
-            pytest.fail(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 class Backend:

@@ -22,7 +22,8 @@ from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair, build_context, self_test
 
-from .test_relay import DEADLINE, PROCEED, client_context, run
+from .helpers import DEADLINE, client_context, free_port, run
+from .test_relay import PROCEED
 
 
 def header(domain: str) -> bytes:
@@ -137,12 +138,6 @@ def test_beyond_max_connections_clients_get_resource_constraint(
 
 
 # -- the real process: signals and readiness ------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cert_of(port: int, ca: trustme.CA) -> str:

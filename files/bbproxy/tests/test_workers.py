@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trustme
 
-from .test_server import DEADLINE, free_port
+from .helpers import DEADLINE, free_port
 
 
 def starttls_features(port: int) -> bytes:

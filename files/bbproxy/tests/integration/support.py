@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from bbproxy.tls import TLS_VERSIONS
+
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # files/bbproxy
 REPO_ROOT = PACKAGE_DIR.parents[1]
 LOGIN_CHECK = REPO_ROOT / "tools" / "xmpp_login_check.py"
@@ -117,14 +119,7 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 
 
 def tls_version(name: str) -> ssl.TLSVersion:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=DEPRECATED_TLS_MESSAGE, category=DeprecationWarning)
-        return {
-            "1.0": ssl.TLSVersion.TLSv1,
-            "1.1": ssl.TLSVersion.TLSv1_1,
-            "1.2": ssl.TLSVersion.TLSv1_2,
-            "1.3": ssl.TLSVersion.TLSv1_3,
-        }[name]
+    return TLS_VERSIONS[name]
 
 
 def client_context(version: str, cafile: Path | None, *, alpn: Sequence[str] = ()) -> ssl.SSLContext:
