@@ -3,9 +3,6 @@ process, and a recording backend. Helpers live in support.py."""
 
 from __future__ import annotations
 
-import secrets
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +22,9 @@ from .support import (
     ProxyStarter,
     RecordingBackend,
     free_port,
-    owned_command,
     port_accepts,
     require_loop,
-    require_tool,
-    stop_process,
-    tail,
+    running_prosody,
 )
 
 
@@ -62,48 +56,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prosody]:
     """A real Prosody (Debian package) in the foreground, plaintext c2s on a loopback port."""
-    prosody_bin = require_tool("prosody", "apt-get install prosody")
-    prosodyctl = require_tool("prosodyctl", "apt-get install prosody")
     directory = tmp_path_factory.mktemp("prosody")
-    (directory / "data").mkdir(mode=0o700)
-    (directory / "certs").mkdir()
     port = free_port()
-    config = directory / "prosody.cfg.lua"
-    config.write_text(PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN))
-    log = directory / "prosody.log"
-
-    passwords = {user: secrets.token_urlsafe(12) for user in ("alice", "bob", "carol")}
-    for user, password in passwords.items():
-        result = subprocess.run(
-            [prosodyctl, "--config", str(config), "register", user, DOMAIN, password],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"prosodyctl register {user} failed: {result.stdout!r} {result.stderr!r}")
-
-    console = (directory / "console.log").open("wb")
-    proc = subprocess.Popen(
-        owned_command([prosody_bin, "-F", "--config", str(config)]),
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        cwd=directory,
-        start_new_session=True,  # a Ctrl-C in pytest must not hit it before teardown does
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_accepts(port):
-            if proc.poll() is not None:
-                pytest.fail(f"prosody exited with {proc.returncode} during start-up:\n{tail(log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"prosody did not listen on {LOOPBACK}:{port} within 20s:\n{tail(log)}")
-            time.sleep(0.05)
+    config_text = PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN)
+    with running_prosody(
+        directory,
+        config_text,
+        ("alice", "bob", "carol"),
+        lambda: port_accepts(port),
+        f"listen on {LOOPBACK}:{port}",
+    ) as (proc, passwords, log, _):
         yield Prosody(LOOPBACK, port, DOMAIN, passwords, log, proc)
-    finally:
-        stop_process(proc)
-        console.close()
 
 
 @pytest.fixture

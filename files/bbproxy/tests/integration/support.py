@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,55 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
             proc.kill()
             proc.wait(timeout=grace)
     return proc.returncode
+
+
+@contextlib.contextmanager
+def running_prosody(
+    directory: Path, config_text: str, users: Sequence[str], ready: Callable[[], bool], waiting_for: str
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str], Path, Path]]:
+    """Register USERS, start Prosody in the foreground with CONFIG_TEXT, wait until READY.
+
+    Yields (process, passwords, log path, config path); stops the process by PID at the end.
+    """
+    prosody_bin = require_tool("prosody", "apt-get install prosody")
+    prosodyctl = require_tool("prosodyctl", "apt-get install prosody")
+    (directory / "data").mkdir(mode=0o700)
+    (directory / "certs").mkdir()
+    config = directory / "prosody.cfg.lua"
+    config.write_text(config_text)
+    log = directory / "prosody.log"
+    passwords = {user: secrets.token_urlsafe(12) for user in users}
+    for user, password in passwords.items():
+        result = subprocess.run(
+            [prosodyctl, "--config", str(config), "register", user, DOMAIN, password],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"prosodyctl register {user} failed: {result.stdout!r} {result.stderr!r}")
+
+    console = (directory / "console.log").open("wb")
+    proc = subprocess.Popen(
+        owned_command([prosody_bin, "-F", "--config", str(config)]),
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        cwd=directory,
+        start_new_session=True,  # a Ctrl-C in pytest must not hit it before teardown does
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"prosody exited with {proc.returncode} during start-up:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"prosody did not {waiting_for} within 20s:\n{tail(log)}")
+            time.sleep(0.05)
+        yield proc, passwords, log, config
+    finally:
+        stop_process(proc)
+        console.close()
 
 
 def tls_version(name: str) -> ssl.TLSVersion:

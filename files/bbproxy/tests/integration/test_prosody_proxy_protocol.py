@@ -41,13 +41,12 @@ from .support import (
     client_context,
     free_port,
     open_stream,
-    owned_command,
     port_accepts,
     read_proceed,
     recv_until,
     recv_until_closed,
     require_tool,
-    stop_process,
+    running_prosody,
     stream_header,
     tail,
     wait_until,
@@ -125,47 +124,25 @@ def with_module(base: str, proxy_port: int) -> str:
 @pytest.fixture(scope="module")
 def proxy_prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProsody]:
     """A real Prosody with mod_bbproxy_proxy loaded from the role's files/ directory."""
-    prosody_bin = require_tool("prosody", "apt-get install prosody")
     prosodyctl = require_tool("prosodyctl", "apt-get install prosody")
     directory = tmp_path_factory.mktemp("prosody-proxy")
-    (directory / "data").mkdir(mode=0o700)
-    (directory / "certs").mkdir()
     port, proxy_port = free_port(), free_port()
     while proxy_port == port:
         proxy_port = free_port()
-    config = directory / "prosody.cfg.lua"
-    config.write_text(with_module(PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN), proxy_port))
-    log = directory / "prosody.log"
-    passwords = {user: secrets.token_urlsafe(12) for user in ("alice", "bob")}
-    for user, password in passwords.items():
-        result = subprocess.run(
-            [prosodyctl, "--config", str(config), "register", user, DOMAIN, password],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"prosodyctl register {user} failed: {result.stdout!r} {result.stderr!r}")
-
-    console = (directory / "console.log").open("wb")
-    proc = subprocess.Popen(
-        owned_command([prosody_bin, "-F", "--config", str(config)]),
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        cwd=directory,
-        start_new_session=True,
-    )
+    config_text = with_module(PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN), proxy_port)
+    log_path = directory / "prosody.log"
     activated = f"Activated service 'bbproxy_proxy' on [{LOOPBACK}]:{proxy_port}"
-    try:
-        deadline = time.monotonic() + 20
+
+    def ready() -> bool:
         # Probe only the plain port: an empty connection to the PROXY port would be logged.
-        while not (port_accepts(port) and log.exists() and activated in log.read_text(errors="replace")):
-            if proc.poll() is not None:
-                pytest.fail(f"prosody exited with {proc.returncode} during start-up:\n{tail(log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"prosody did not activate bbproxy_proxy within 20s:\n{tail(log)}")
-            time.sleep(0.05)
+        return port_accepts(port) and log_path.exists() and activated in log_path.read_text(errors="replace")
+
+    with running_prosody(directory, config_text, ("alice", "bob"), ready, "activate bbproxy_proxy") as (
+        proc,
+        passwords,
+        log,
+        config,
+    ):
         yield ProxyProsody(
             Prosody(LOOPBACK, port, DOMAIN, passwords, log, proc), proxy_port, config, prosodyctl
         )
@@ -174,9 +151,6 @@ def proxy_prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyPro
         assert "Traceback" not in text and "\terror\t" not in text, (
             f"errors in Prosody's log:\n{tail(log, 80)}"
         )
-    finally:
-        stop_process(proc)
-        console.close()
 
 
 # --------------------------------------------------------------------------- clients
