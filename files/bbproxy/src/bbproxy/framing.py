@@ -154,11 +154,6 @@ class PreTlsParser:
         """Bytes received after the last event; meaningful once StartTls was returned."""
         return bytes(self._buf)
 
-    @property
-    def received(self) -> int:
-        """How many bytes were fed in."""
-        return self._received
-
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client. Never raises for any input."""
         self._received += len(data)

@@ -91,10 +91,6 @@ class Negotiation:
         self._stream_id_factory = stream_id_factory
         self.domain: str | None = None
 
-    @property
-    def received(self) -> int:
-        return self._parser.received
-
     def receive_data(self, data: bytes) -> Outcome:
         self._parser.receive_data(data)
         out: list[bytes] = []
