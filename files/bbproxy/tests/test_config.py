@@ -130,3 +130,45 @@ def test_domains_are_normalised_and_validated() -> None:
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         settings([*BASE, "--config", str(tmp_path / "nope.toml")])
+
+
+def test_tls_policy_defaults_terminate_everyone_and_allow_legacy_from_anywhere() -> None:
+    tls = settings(BASE).tls
+    assert tls.routing == "terminate-all" and str(tls.backend) == "127.0.0.1:5202"
+    assert [str(n) for n in tls.legacy_networks] == ["0.0.0.0/0", "::/0"]
+    assert not tls.legacy_ja3 and not tls.legacy_plain_rsa
+
+
+def test_tls_policy_from_toml_and_flags(tmp_path: Path) -> None:
+    toml = """
+[tls]
+routing = "legacy-only"
+backend = "127.0.0.1:5301"
+legacy_networks = ["192.0.2.0/24", "2001:db8::/32"]
+legacy_ja3 = ["0123456789ABCDEF0123456789abcdef"]
+legacy_plain_rsa = true
+"""
+    tls = settings(BASE, toml, tmp_path).tls
+    assert tls.routing == "legacy-only" and str(tls.backend) == "127.0.0.1:5301"
+    assert [str(n) for n in tls.legacy_networks] == ["192.0.2.0/24", "2001:db8::/32"]
+    assert tls.legacy_ja3 == {"0123456789abcdef0123456789abcdef"} and tls.legacy_plain_rsa
+    flags = ["--tls-routing", "terminate-all", "--tls-backend", "[::1]:5202"]
+    flagged = settings([*BASE, *flags], toml, tmp_path)
+    assert flagged.tls.routing == "terminate-all" and str(flagged.tls.backend) == "[::1]:5202"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('routing = "all"', "tls.routing: must be one of terminate-all, legacy-only"),
+        ('backend = "5202"', "tls.backend:"),
+        ('legacy_networks = ["10.0.0.0/33"]', "tls.legacy_networks: '10.0.0.0/33' is not"),
+        ('legacy_ja3 = ["abc"]', "tls.legacy_ja3: 'abc' is not a JA3 hash"),
+        ('legacy_plain_rsa = "yes"', "tls.legacy_plain_rsa: expected true or false"),
+        ("legacy = true", "tls: unknown key 'legacy'"),
+        ('routing = "legacy-only"\nbackend = "127.0.0.1:5200"', "not the plaintext backend"),
+    ],
+)
+def test_bad_tls_policy_is_named(table: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings(BASE, f"[tls]\n{table}\n", tmp_path)

@@ -531,6 +531,6 @@ def test_the_docstring_table_names_every_metric(metrics: Metrics) -> None:
         for family in text_string_to_metric_families(render(metrics).decode())
         if family.name.startswith("bbproxy_")
     }
-    assert len(exposed) == 10
+    assert len(exposed) == 12
     for name in exposed:
         assert f"``{name}``" in doc or f"``{name}{{" in doc, name

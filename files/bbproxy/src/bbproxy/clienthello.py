@@ -1,9 +1,10 @@
-"""Sans-IO parser for a TLS ClientHello, for device fingerprints (and, later, routing).
+"""Sans-IO parser for a TLS ClientHello: device fingerprints and routing.
 
 The proxy sees the handshake bytes before OpenSSL does (its TLS runs over MemoryBIOs), so
 it can say, per legacy or failed handshake, what the device offered: versions, suites,
 SNI, ALPN, groups and a JA3 hash. That is how an operator finds out which devices still
-need TLS 1.0, and why one fails. Bounded in size; any malformed input is a
+need TLS 1.0, and why one fails; and the proxy decides from it who gets its own TLS and
+who is passed through to Prosody's. Bounded in size; any malformed input is a
 :class:`ClientHelloError`, never another exception.
 """
 
@@ -73,6 +74,10 @@ class ClientHello:
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
+    def family(self) -> str:
+        """``TLSv1/<ja3>``: a bounded label for counting devices of one kind (metrics)."""
+        return f"{_version_name(self.max_version)}/{self.ja3()}"
+
     def summary(self) -> str:
         """One log-friendly line; no field comes from the client unescaped."""
         versions = self.supported_versions or (self.legacy_version,)
@@ -106,6 +111,11 @@ class ClientHelloParser:
         self._buf = bytearray()
         self._max = max_bytes
         self._need = 1  # parse again only once the buffer is this long (no rescans per byte)
+
+    @property
+    def buffered(self) -> bytes:
+        """Every byte fed so far, exactly as received (to replay to whoever does the TLS)."""
+        return bytes(self._buf)
 
     def feed(self, data: bytes) -> ClientHello | None:
         self._buf += data

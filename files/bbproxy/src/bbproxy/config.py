@@ -23,6 +23,8 @@ DEFAULT_BACKEND: Final = "127.0.0.1:5200"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOOPS: Final = ("auto", "asyncio", "uvloop")
 PROXY_PROTOCOLS: Final = ("off", "v1", "v2")
+TLS_ROUTINGS: Final = ("terminate-all", "legacy-only")
+DEFAULT_TLS_BACKEND: Final = "127.0.0.1:5202"
 _DOMAIN_RE: Final = re.compile(
     r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
 )
@@ -59,6 +61,27 @@ class Limits:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """Who gets which TLS: the proxy's own (terminate) or Prosody's (pass through).
+
+    A client is *legacy* when the highest version its ClientHello offers is below TLS 1.2,
+    or its JA3 hash is listed in ``legacy_ja3``. Legacy clients are always terminated here
+    (and refused unless their address is in ``legacy_networks``); with ``routing =
+    "legacy-only"`` everyone else is passed through, still encrypted, to ``backend``.
+    """
+
+    routing: str = "terminate-all"
+    backend: Address = Address("127.0.0.1", 5202)  # DEFAULT_TLS_BACKEND
+    legacy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    )
+    legacy_ja3: frozenset[str] = frozenset()
+    # TLS 1.0/1.1 key exchange by RSA (no forward secrecy), for clients without ECDHE (Java 6).
+    legacy_plain_rsa: bool = False
+
+
 # Limits where 0 means "off" rather than "nothing allowed".
 _ZERO_MEANS_OFF: Final = frozenset({"max_connections_per_ip", "connect_rate_per_ip"})
 
@@ -78,6 +101,7 @@ class Settings:
     workers: int = 1
     metrics_listen: Address | None = None
     send_proxy_protocol: str = "off"
+    tls: TlsPolicy = field(default_factory=TlsPolicy)
     config_file: Path | None = None
 
 
@@ -148,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint, e.g. 127.0.0.1:9522 (off)"
     )
     p.add_argument("--send-proxy-protocol", choices=PROXY_PROTOCOLS, help="PROXY header to the backend (off)")
+    p.add_argument("--tls-routing", choices=TLS_ROUTINGS, help="who gets Prosody's own TLS (terminate-all)")
+    p.add_argument(
+        "--tls-backend", metavar="HOST:PORT", help=f"Prosody's direct-TLS port ({DEFAULT_TLS_BACKEND})"
+    )
     p.add_argument(
         "--check-config", action="store_true", help="validate everything and exit, without listening"
     )
@@ -158,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 _TOP_KEYS: Final = {
     "listen", "direct_tls_listen", "backend", "domains", "min_tls", "cert", "key",
     "certificates", "limits", "log_level", "loop", "workers", "metrics_listen", "send_proxy_protocol",
+    "tls",
 }  # fmt: skip
 
 
@@ -227,6 +256,41 @@ def _network(value: str, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ConfigError(f"{key}: {value!r} is not an address or CIDR network") from None
+
+
+_JA3_RE: Final = re.compile(r"[0-9a-f]{32}\Z")
+
+
+def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None) -> TlsPolicy:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("tls: expected a table")
+    unknown = sorted(set(raw) - {f.name for f in fields(TlsPolicy)})
+    if unknown:
+        raise ConfigError(f"tls: unknown key {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    routing = routing_flag if routing_flag is not None else raw.get("routing")
+    if routing is not None:
+        values["routing"] = _choice(routing, "tls.routing", TLS_ROUTINGS)
+    backend = backend_flag if backend_flag is not None else raw.get("backend")
+    if backend is not None:
+        values["backend"] = parse_address(backend, "tls.backend")
+    if "legacy_networks" in raw:
+        key = "tls.legacy_networks"
+        values["legacy_networks"] = tuple(_network(v, key) for v in _string_list(raw["legacy_networks"], key))
+    if "legacy_ja3" in raw:
+        hashes = [v.strip().lower() for v in _string_list(raw["legacy_ja3"], "tls.legacy_ja3")]
+        bad = [h for h in hashes if not _JA3_RE.match(h)]
+        if bad:
+            raise ConfigError(f"tls.legacy_ja3: {bad[0]!r} is not a JA3 hash (32 hex digits)")
+        values["legacy_ja3"] = frozenset(hashes)
+    if "legacy_plain_rsa" in raw:
+        plain_rsa = raw["legacy_plain_rsa"]
+        if not isinstance(plain_rsa, bool):
+            raise ConfigError(f"tls.legacy_plain_rsa: expected true or false, got {plain_rsa!r}")
+        values["legacy_plain_rsa"] = plain_rsa
+    return TlsPolicy(**values)
 
 
 def _workers(value: object) -> int:
@@ -303,6 +367,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if stray:
         raise ConfigError(f"certificates.{stray[0]!r}: not one of the served domains")
 
+    tls = _tls_policy(data.get("tls"), args.tls_routing, args.tls_backend)
+    if tls.routing != "terminate-all" and tls.backend == backend:
+        raise ConfigError(
+            "tls.backend: must be Prosody's direct-TLS port, not the plaintext backend " + str(backend)
+        )
     return Settings(
         listen=listen,
         direct_tls_listen=direct,
@@ -321,5 +390,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "send_proxy_protocol",
             PROXY_PROTOCOLS,
         ),
+        tls=tls,
         config_file=config_file,
     )

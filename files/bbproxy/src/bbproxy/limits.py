@@ -18,6 +18,17 @@ _IDLE_FORGET: Final = 60.0
 _PRUNE_EVERY: Final = 1024
 
 
+def in_networks(ip: str, networks: Iterable[Network]) -> bool:
+    """Whether ``ip`` (text; IPv4-mapped IPv6 counts as IPv4) is in one of ``networks``."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 class PerIpLimiter:
     """``admit(ip)`` returns None, or the reason the address is refused; ``release(ip)`` undoes it."""
 
@@ -43,13 +54,7 @@ class PerIpLimiter:
         return self._max_concurrent > 0 or self._rate > 0
 
     def is_exempt(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._exempt)
+        return in_networks(ip, self._exempt)
 
     def admit(self, ip: str) -> str | None:
         if not self.enabled or self.is_exempt(ip):

@@ -23,8 +23,12 @@ name                                                    type       meaning
 ``bbproxy_handshakes_total{listener,version,cipher}``   counter    TLS handshakes completed
 ``bbproxy_handshake_failures_total{listener,reason}``   counter    TLS handshakes failed, by cause
 ``bbproxy_handshake_duration_seconds``                  histogram  handshake time, 1 ms .. 30 s buckets
-``bbproxy_relayed_bytes_total{direction}``              counter    plaintext bytes, ``client_to_backend``
-                                                                   and ``backend_to_client``
+``bbproxy_tls_routes_total{listener,route}``            counter    ClientHellos: ``terminate`` (our TLS),
+                                                                   ``passthrough`` (Prosody's), ``refused``
+``bbproxy_legacy_clients_total{family}``                counter    legacy ClientHellos by ``TLSv1/<ja3>``
+``bbproxy_relayed_bytes_total{direction}``              counter    bytes, ``client_to_backend`` and
+                                                                   ``backend_to_client`` (plaintext; TLS
+                                                                   records for passed-through sessions)
 ``bbproxy_backend_connect_failures_total``              counter    failed connections to Prosody
 ``bbproxy_connections_closed_total{reason}``            counter    closed connections, by reason
 ``bbproxy_build_info{version}``                         gauge      always 1; the running version
@@ -35,10 +39,14 @@ Every label has a bounded set of values, so a flood of odd clients cannot grow t
 of series: raw reasons are mapped to the fixed vocabularies below and anything else
 becomes ``other``; ``version`` is ``TLSv1``, ``TLSv1.1``, ``TLSv1.2``, ``TLSv1.3`` or
 ``other``; ``listener`` and ``cipher`` keep the first 32/64 distinct values (ciphers come
-from the server's own list, so that is never reached in practice).
+from the server's own list, so that is never reached in practice); ``family`` keeps the
+first 64 (a device kind is one family; a flood of forged hellos ends in ``other``);
+``route`` is one of :data:`ROUTES`. Handshakes, their duration and failures count only the
+TLS this proxy does: a passed-through session's handshake is Prosody's.
 
 * refused ``reason``: :data:`REFUSE_REASONS` (the proxy's admission reasons).
-* handshake failure ``reason``: ``timeout``, ``eof`` (the client left), ``protocol-version``
+* handshake failure ``reason``: ``timeout``, ``eof`` (the client left), ``legacy-not-allowed``
+  (a legacy ClientHello from outside ``tls.legacy_networks``), ``protocol-version``
   (no TLS version in common: SSLv3-only clients, or a client below ``min_tls``),
   ``no-shared-cipher``, ``certificate-rejected`` (the client did not accept our
   certificate), ``not-tls`` (plain text or HTTP on a TLS port), ``client-alert`` (another
@@ -114,6 +122,7 @@ CLOSE_REASONS: Final = frozenset(
         "stream-error",  # any other RFC 6120 stream error before TLS
         "starttls-injection",  # bytes pipelined behind <starttls/> (CVE-2011-0411)
         "tls-failed",  # the handshake failed (see bbproxy_handshake_failures_total)
+        "tls-refused",  # a legacy ClientHello from outside tls.legacy_networks
         "tls-error",  # a TLS error after the handshake
         "backend-unavailable",  # Prosody could not be reached
         "backend-closed",  # Prosody closed the stream
@@ -189,6 +198,7 @@ _HANDSHAKE_FAILURES: Final = {
     "UNKNOWN_PROTOCOL": "not-tls",
     "PACKET_LENGTH_TOO_LONG": "not-tls",
     "RECORD_LENGTH_MISMATCH": "not-tls",
+    "LEGACY_NOT_ALLOWED": "legacy-not-allowed",
 }
 _ALERT_PREFIXES: Final = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 
@@ -197,6 +207,8 @@ HANDSHAKE_FAILURE_REASONS: Final = frozenset(_HANDSHAKE_FAILURES.values()) | {"c
 _LABEL_VALUE_RE: Final = re.compile(r"[\w.:/\[\]@+-]{1,64}\Z", re.ASCII)
 MAX_LISTENERS: Final = 32
 MAX_CIPHERS: Final = 64
+MAX_FAMILIES: Final = 64  # distinct legacy ClientHello fingerprints with their own series
+ROUTES: Final = frozenset({"terminate", "passthrough", "refused"})
 
 # The scrape endpoint's bounds: a request head fits in 8 KiB and arrives in 10 s.
 MAX_REQUEST_BYTES: Final = 8192
@@ -298,6 +310,12 @@ class NullMetrics:
     def handshake(self, listener: str, version: str, cipher: str, seconds: float) -> None:
         """A TLS handshake completed after ``seconds``."""
 
+    def routed(self, listener: str, route: str) -> None:
+        """A ClientHello was routed: our TLS (terminate), Prosody's (passthrough), or refused."""
+
+    def legacy_client(self, family: str) -> None:
+        """A legacy ClientHello (``TLSv1/<ja3>``) was served or refused."""
+
     def handshake_failed(self, listener: str, reason: str) -> None:
         """A TLS handshake failed; ``reason`` is the OpenSSL reason or ``timeout``."""
 
@@ -326,11 +344,14 @@ class Metrics:
         "_closed",
         "_duration_buckets",
         "_duration_sum",
+        "_family_labels",
         "_handshake_failures",
         "_handshakes",
+        "_legacy_clients",
         "_listeners",
         "_live",
         "_refused",
+        "_routes",
         "_version",
         "registry",
     )
@@ -354,6 +375,9 @@ class Metrics:
         self._live: Callable[[], LiveTotals] = _no_live_sessions
         self._listeners = _FirstValues(MAX_LISTENERS)
         self._ciphers = _FirstValues(MAX_CIPHERS)
+        self._routes: dict[tuple[str, str], int] = {}
+        self._legacy_clients: dict[str, int] = {}
+        self._family_labels = _FirstValues(MAX_FAMILIES)
         self.registry: CollectorRegistry = CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -373,6 +397,14 @@ class Metrics:
             seconds = 0.0 if not seconds > 0.0 else 86400.0
         self._duration_buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self._duration_sum += seconds
+
+    def routed(self, listener: str, route: str) -> None:
+        key = (self._listeners(listener), route if route in ROUTES else OTHER)
+        self._routes[key] = self._routes.get(key, 0) + 1
+
+    def legacy_client(self, family: str) -> None:
+        key = self._family_labels(family)
+        self._legacy_clients[key] = self._legacy_clients.get(key, 0) + 1
 
     def handshake_failed(self, listener: str, reason: str) -> None:
         key = (self._listeners(listener), handshake_failure_reason(reason))
@@ -435,6 +467,18 @@ class Metrics:
             ("listener", "reason"),
             self._handshake_failures.items(),
         )
+        yield counter(
+            "bbproxy_tls_routes",
+            "ClientHellos routed: terminated here, passed through to Prosody's TLS, or refused.",
+            ("listener", "route"),
+            self._routes.items(),
+        )
+        yield counter(
+            "bbproxy_legacy_clients",
+            "Legacy (below TLS 1.2) ClientHellos by fingerprint family: highest version/JA3 hash.",
+            ("family",),
+            (((k,), v) for k, v in self._legacy_clients.items()),
+        )
         duration = HistogramMetricFamily(
             "bbproxy_handshake_duration_seconds", "Time to complete a TLS handshake.", labels=()
         )
@@ -447,7 +491,7 @@ class Metrics:
         yield duration
         yield counter(
             "bbproxy_relayed_bytes",
-            "Plaintext bytes relayed between clients and the backend.",
+            "Bytes relayed between clients and the backend (TLS records when passed through).",
             ("direction",),
             ()
             if live is None

@@ -15,7 +15,7 @@ from functools import partial
 
 from . import notify
 from .config import Address, Settings
-from .limits import PerIpLimiter
+from .limits import PerIpLimiter, in_networks
 from .metrics import LiveTotals, Metrics, NullMetrics
 from .metrics import serve as serve_metrics
 from .session import ClientSession
@@ -47,10 +47,13 @@ class Stats:
     handshake_failures: int = 0
     backend_failures: int = 0
     handshakes: Counter[str] = field(default_factory=Counter)
+    routes: Counter[str] = field(default_factory=Counter)  # terminate / passthrough / refused
+    legacy_families: Counter[str] = field(default_factory=Counter)  # "TLSv1/<ja3>"
 
 
 def load_contexts(settings: Settings) -> TlsContexts:
-    return TlsContexts.load(settings.domains, settings.cert, settings.certificates, settings.min_tls)
+    s = settings
+    return TlsContexts.load(s.domains, s.cert, s.certificates, s.min_tls, s.tls.legacy_plain_rsa)
 
 
 def open_socket(address: Address, reuse_port: bool = False) -> socket.socket:
@@ -133,13 +136,28 @@ class ProxyServer:
         self._idle.clear()
         return None
 
+    def legacy_allowed(self, ip: str) -> bool:
+        """Whether a client at ``ip`` may use TLS below 1.2 (tls.legacy_networks)."""
+        return in_networks(ip, self.settings.tls.legacy_networks)
+
+    def legacy_client(self, family: str) -> None:
+        self.stats.legacy_families[family] += 1
+        self.metrics.legacy_client(family)
+
     def handshake_done(self, session: ClientSession) -> None:
+        """TLS is up: ours (terminate), or handed to Prosody's TLS port (passthrough)."""
         self.stats.handshakes[session.tls_version] += 1
+        self.stats.routes[session.route] += 1
         seconds = time.monotonic() - session.tls_started
-        self.metrics.handshake(session.listener.name, session.tls_version, session.cipher, seconds)
+        self.metrics.routed(session.listener.name, session.route)
+        if session.route == "terminate":
+            self.metrics.handshake(session.listener.name, session.tls_version, session.cipher, seconds)
 
     def handshake_failed(self, session: ClientSession, reason: str) -> None:
         self.stats.handshake_failures += 1
+        if session.route == "refused":
+            self.stats.routes["refused"] += 1
+            self.metrics.routed(session.listener.name, "refused")
         self.metrics.handshake_failed(session.listener.name, reason)
 
     def backend_failed(self) -> None:

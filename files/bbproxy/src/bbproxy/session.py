@@ -1,9 +1,20 @@
 """One client connection: pre-TLS dialogue, TLS handshake, then a relay to a NEW backend connection.
 
-Life of a STARTTLS session (a direct-TLS session starts at HANDSHAKE)::
+Life of a STARTTLS session (a direct-TLS session starts at HELLO)::
 
-    PRE_TLS --<starttls/>--> HANDSHAKE --TLS up--> CONNECTING --backend up--> RELAY --> CLOSED
-                                                         `--backend down--> UNAVAILABLE --> CLOSED
+    PRE_TLS --<starttls/>--> HELLO --legacy, or terminate-all--> HANDSHAKE --TLS up--> CONNECTING
+                               |                                     ^          backend up: RELAY
+                               |                                     |        backend down: UNAVAILABLE
+                               |--modern, legacy-only--> SPLICING ---' Prosody's TLS port down
+                               |                            `--connected--> SPLICE (raw bytes)
+                               `--legacy, address not allowed--> CLOSED (protocol_version alert)
+
+HELLO reads the client's ClientHello (sans-IO, bounded in bytes and by the handshake
+timeout) before any TLS state exists, and routes on it (issue 7): a legacy client (highest
+offered version below TLS 1.2) gets this proxy's TLS and the plaintext backend; with
+``tls.routing = "legacy-only"`` everyone else is spliced, still encrypted, to Prosody's own
+direct-TLS port, the ClientHello replayed first, so Prosody terminates their TLS (channel
+binding, its own TLS policy). If that port is down the session falls back to terminating.
 
 UNAVAILABLE waits (bounded) for the client's post-TLS stream header and answers it with
 ``remote-connection-failed``: a stream error must follow a header that answers the client's
@@ -49,6 +60,9 @@ log = logging.getLogger("bbproxy.session")
 HALF_CLOSE_GRACE: Final = 30.0
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
+# A fatal protocol_version alert (RFC 5246 §7.2): "not at this version, not from here".
+ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
+_TLS_1_2: Final = 0x0303
 _ids = itertools.count(1)
 _GT: Final = 0x3E  # ">"
 _LEGACY_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1"})
@@ -63,18 +77,23 @@ _REFUSALS: Final = {
 
 class State(Enum):
     PRE_TLS = 1
-    HANDSHAKE = 2
-    CONNECTING = 3
-    RELAY = 4
-    UNAVAILABLE = 5
-    CLOSED = 6
+    HELLO = 2
+    HANDSHAKE = 3
+    CONNECTING = 4
+    RELAY = 5
+    UNAVAILABLE = 6
+    SPLICING = 7
+    SPLICE = 8
+    CLOSED = 9
 
 
 class ClientSession(asyncio.Protocol):
     """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
+        "_ctx",
         "_down_at_boundary",
+        "_early",
         "_finished",
         "_half_closed",
         "_hello",
@@ -95,6 +114,7 @@ class ClientSession(asyncio.Protocol):
         "negotiation",
         "peer",
         "peer_ip",
+        "route",
         "server",
         "started",
         "state",
@@ -120,6 +140,9 @@ class ClientSession(asyncio.Protocol):
         self.tls_version = "-"
         self.cipher = "-"
         self.close_reason = ""
+        self.route = "-"  # "terminate", "passthrough" or "refused", once the ClientHello is read
+        self._ctx: ssl.SSLContext | None = None  # chosen at STARTTLS; used if we terminate
+        self._early = b""  # the ClientHello (and anything after it) while splicing connects
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._sslobj: ssl.SSLObject | None = None
@@ -162,21 +185,28 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is State.PRE_TLS:
+        if state is State.SPLICE:
+            if not self._half_closed:
+                assert self.backend is not None
+                self.bytes_up += len(data)
+                self.backend.write(data)
+        elif state is State.PRE_TLS:
             self._pre_tls_data(data)
+        elif state is State.HELLO:
+            self._hello_data(data)
+        elif state is State.SPLICING:
+            self._early += data  # reading is paused while connecting: at most one read
         elif state is not State.CLOSED and self._incoming is not None and not self._half_closed:
             # While the backend connects, records wait here still encrypted (reading is
             # paused meanwhile, so at most one read's worth): nothing is lost, nothing grows.
             self._incoming.write(data)
             if state is State.HANDSHAKE:
-                if isinstance(self._hello, ClientHelloParser):
-                    self._read_hello(self._hello, data)
                 self._continue_handshake()
             elif state is State.RELAY or state is State.UNAVAILABLE:
                 self._read_tls()
 
     def eof_received(self) -> bool:
-        if self.state is State.RELAY:
+        if self.state is State.RELAY or self.state is State.SPLICE:
             self._half_close("client-eof")
             return True  # keep our write side open for the backend's answer
         self._close("client-eof")
@@ -215,40 +245,75 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
             self._close("pre-tls-timeout")
-        elif self.state is State.HANDSHAKE:
+        elif self.state in (State.HELLO, State.HANDSHAKE, State.SPLICING):
             self._log_fingerprint("handshake timed out")
             self.server.handshake_failed(self, "timeout")
             self._close("tls-failed: timeout")
 
     # -- TLS -------------------------------------------------------------------------------
 
-    def _read_hello(self, parser: ClientHelloParser, data: bytes) -> None:
-        try:
-            hello = parser.feed(data)
-        except ClientHelloError as exc:
-            self._hello = f"unparsable ClientHello ({exc})"
-            return
-        if hello is not None:
-            self._hello = hello
-
-    def _log_fingerprint(self, what: str) -> None:
-        hello = self._hello
-        if isinstance(hello, ClientHello):
-            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary())
-        elif isinstance(hello, str):
-            log.info("conn=%d %s: %s", self.conn_id, what, hello)
-        self._hello = None
-
     def _begin_tls(self, ctx: ssl.SSLContext) -> None:
-        self.state = State.HANDSHAKE
+        """Wait for the ClientHello; no TLS state exists until it is routed."""
+        self.state = State.HELLO
+        self._ctx = ctx
         self._hello = ClientHelloParser()
         self.tls_started = time.monotonic()
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._timer = self.server.loop.call_later(
             self.server.settings.limits.handshake_timeout, self._on_timeout
         )
+
+    def _hello_data(self, data: bytes) -> None:
+        parser = self._hello
+        assert isinstance(parser, ClientHelloParser)
+        try:
+            hello = parser.feed(data)
+        except ClientHelloError as exc:
+            # Not ours to judge: OpenSSL answers it with the right alert, and it is logged.
+            self._hello = f"unparsable ClientHello ({exc})"
+            self._terminate(parser.buffered)
+            return
+        if hello is not None:
+            self._hello = hello
+            self._route(hello, parser.buffered)
+
+    def _route(self, hello: ClientHello, raw: bytes) -> None:
+        policy = self.server.settings.tls
+        named = bool(policy.legacy_ja3) and hello.ja3() in policy.legacy_ja3
+        legacy = hello.max_version < _TLS_1_2 or named
+        if legacy and not self.server.legacy_allowed(self.peer_ip):
+            assert self.transport is not None
+            self.route = "refused"
+            self.transport.write(ALERT_PROTOCOL_VERSION)
+            self._log_fingerprint("legacy TLS refused: address not in tls.legacy_networks", legacy=True)
+            self.server.handshake_failed(self, "legacy-not-allowed")
+            self._close("tls-refused: legacy TLS not allowed from this address")
+        elif legacy or policy.routing == "terminate-all":
+            self._terminate(raw)
+        else:
+            self._splice(raw)
+
+    def _terminate(self, raw: bytes) -> None:
+        """Our own TLS: replay what was read into a fresh SSLObject and go on from there."""
+        ctx = self._ctx
+        assert ctx is not None
+        self._ctx = None
+        self.route = "terminate"
+        self.state = State.HANDSHAKE
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._incoming.write(raw)
+        self._continue_handshake()
+
+    def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
+        hello = self._hello
+        if isinstance(hello, ClientHello):
+            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary())
+            if legacy:
+                self.server.legacy_client(hello.family())
+        elif isinstance(hello, str):
+            log.info("conn=%d %s: %s", self.conn_id, what, hello)
+        self._hello = None
 
     def _continue_handshake(self) -> None:
         assert self._sslobj is not None
@@ -269,7 +334,7 @@ class ClientSession(asyncio.Protocol):
         cipher = self._sslobj.cipher()
         self.cipher = cipher[0] if cipher else "-"
         if self.tls_version in _LEGACY_VERSIONS:
-            self._log_fingerprint(f"legacy client {self.tls_version}")
+            self._log_fingerprint(f"legacy client {self.tls_version}", legacy=True)
         self._hello = None
         self.server.handshake_done(self)
         self.state = State.CONNECTING
@@ -306,7 +371,7 @@ class ClientSession(asyncio.Protocol):
 
     def _half_close(self, reason: str) -> None:
         """The client is done sending: tell the backend, and relay its answer for a while."""
-        assert self._incoming is not None and self.backend is not None
+        assert self.backend is not None
         self.close_reason = self.close_reason or reason
         self._half_closed = True  # nothing more is read from the client
         self.backend.write_eof()
@@ -324,6 +389,56 @@ class ClientSession(asyncio.Protocol):
             self._close(f"tls-error: {_describe(exc)}")
             return
         self._flush_tls()
+
+    # -- pass-through to Prosody's own TLS ----------------------------------------------------
+
+    def _splice(self, raw: bytes) -> None:
+        assert self.transport is not None
+        self.route = "passthrough"
+        self.state = State.SPLICING
+        self._early = raw
+        self.transport.pause_reading()  # until Prosody's TLS port can take the bytes
+        self._task = self.server.loop.create_task(self._connect_splice())
+
+    async def _connect_splice(self) -> None:
+        server = self.server
+        address = server.settings.tls.backend
+        try:
+            async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
+                _, backend = await server.loop.create_connection(
+                    lambda: BackendConnection(self), address.host, address.port
+                )
+        except asyncio.CancelledError:
+            return
+        except (OSError, TimeoutError) as exc:
+            if self.state is State.SPLICING:
+                # Never worse than terminate-all: do the TLS here and relay in plaintext.
+                server.backend_failed()
+                log.warning(
+                    "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
+                    self.conn_id,
+                    address,
+                    _describe(exc),
+                )
+                early, self._early = self._early, b""
+                self._terminate(early)
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+            return
+        if self.state is not State.SPLICING:  # the client left while we were connecting
+            backend.close()
+            return
+        self._cancel_timer()  # the handshake is Prosody's now, and so is its timeout
+        self.backend = backend
+        self.state = State.SPLICE
+        self.tls_version = "passthrough"
+        self._hello = None
+        server.handshake_done(self)
+        early, self._early = self._early, b""
+        self.bytes_up += len(early)
+        backend.write(early)
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     # -- backend ---------------------------------------------------------------------------
 
@@ -389,7 +504,11 @@ class ClientSession(asyncio.Protocol):
     # -- relay, called by the backend side ----------------------------------------------
 
     def from_backend(self, data: bytes) -> None:
-        if self.state is State.RELAY:
+        if self.state is State.SPLICE:
+            assert self.transport is not None
+            self.bytes_down += len(data)
+            self.transport.write(data)
+        elif self.state is State.RELAY:
             self.bytes_down += len(data)
             self._down_at_boundary = data[-1] == _GT
             self._send_tls(data)
@@ -492,7 +611,8 @@ class BackendConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         transport = self.client.transport
-        if transport is not None and not transport.is_closing() and self.client.state is State.RELAY:
+        state = self.client.state
+        if transport is not None and not transport.is_closing() and state in (State.RELAY, State.SPLICE):
             transport.resume_reading()
 
     def write(self, data: bytes) -> None:

@@ -26,6 +26,8 @@ MODERN_SUITES: Final = (
 LEGACY_SUITES: Final = (
     "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
 )
+# Opt-in for TLS 1.0/1.1 clients without ECDHE (Java 6): RSA key exchange, no forward secrecy.
+LEGACY_PLAIN_RSA_SUITES: Final = "AES128-SHA:AES256-SHA"
 ALPN_XMPP_CLIENT: Final = "xmpp-client"
 
 TLS_VERSIONS: Final[Mapping[str, ssl.TLSVersion]] = {
@@ -51,15 +53,16 @@ class CertPair:
     key: Path
 
 
-def cipher_string(min_tls: str) -> str:
+def cipher_string(min_tls: str, plain_rsa: bool = False) -> str:
     """The OpenSSL cipher string (TLS <= 1.2 suites) for a minimum version."""
     if TLS_VERSIONS[min_tls] >= ssl.TLSVersion.TLSv1_2:
         return MODERN_SUITES
+    legacy = f"{LEGACY_SUITES}:{LEGACY_PLAIN_RSA_SUITES}" if plain_rsa else LEGACY_SUITES
     # SECLEVEL=0 only lifts the MD5+SHA-1 signature ban; the explicit list keeps weak suites out.
-    return f"{MODERN_SUITES}:{LEGACY_SUITES}:@SECLEVEL=0"
+    return f"{MODERN_SUITES}:{legacy}:@SECLEVEL=0"
 
 
-def build_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
+def build_context(pair: CertPair, min_tls: str, plain_rsa: bool = False) -> ssl.SSLContext:
     """A server context for one certificate chain under the version policy."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
@@ -67,7 +70,7 @@ def build_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version = TLS_VERSIONS[min_tls]
     ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
-    ctx.set_ciphers(cipher_string(min_tls))
+    ctx.set_ciphers(cipher_string(min_tls, plain_rsa))
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.options |= ssl.OP_SINGLE_ECDH_USE
     ctx.set_alpn_protocols([ALPN_XMPP_CLIENT])
@@ -147,6 +150,7 @@ class TlsContexts:
         default_pair: CertPair,
         per_domain: Mapping[str, CertPair],
         min_tls: str,
+        plain_rsa: bool = False,
     ) -> TlsContexts:
         """Load every certificate once; raise CertificateError naming the first bad file.
 
@@ -154,8 +158,8 @@ class TlsContexts:
         build of OpenSSL without TLS 1.0 (or a certificate it cannot sign old handshakes with)
         stops the start, or the reload, with one clear line instead of failing every device.
         """
-        default = build_context(default_pair, min_tls)
-        by_domain = {d: build_context(per_domain[d], min_tls) for d in domains if d in per_domain}
+        default = build_context(default_pair, min_tls, plain_rsa)
+        by_domain = {d: build_context(per_domain[d], min_tls, plain_rsa) for d in domains if d in per_domain}
         for name, ctx in (("default", default), *by_domain.items()):
             problem = self_test(ctx, min_tls)
             if problem is not None:

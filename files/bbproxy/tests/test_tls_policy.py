@@ -1,0 +1,125 @@
+"""The tiered suite policy, handshake by handshake in memory against the proxy's own contexts.
+
+TLS 1.2+ gets forward-secret AEAD; TLS 1.0/1.1 gets ECDHE AES-CBC-SHA, plain-RSA AES-CBC-SHA
+only when ``tls.legacy_plain_rsa`` asks for it; 3DES, RC4 and NULL never, whatever a client
+offers.
+"""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from pathlib import Path
+
+import pytest
+import trustme
+
+from bbproxy.tls import CertPair, build_context
+
+
+@pytest.fixture(scope="module")
+def rsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert("example.test", key_type=trustme.KeyType.RSA)
+    directory = tmp_path_factory.mktemp("rsa")
+    cert, key = directory / "rsa.crt", directory / "rsa.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return CertPair(Path(cert), Path(key))
+
+
+def client(version: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    try:
+        ctx.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    except ssl.SSLError:
+        pytest.skip(f"this OpenSSL cannot even offer {ciphers}")
+    return ctx
+
+
+def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str | None:
+    """The negotiated suite, or None if the server refused the client."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client_ctx.wrap_bio(c_in, c_out)
+    s = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(8):
+        for side in (c, s):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                return None
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if c.cipher() and s.cipher():
+            cipher = s.cipher()
+            return cipher[0] if cipher else None
+    return None
+
+
+TLS10, TLS12 = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_2
+
+
+def test_tls10_gets_ecdhe_cbc_sha(rsa_pair: CertPair) -> None:
+    assert handshake(build_context(rsa_pair, "1.0"), client(TLS10, "ALL")) == "ECDHE-RSA-AES128-SHA"
+
+
+def test_plain_rsa_is_an_opt_in_for_clients_without_ecdhe(rsa_pair: CertPair) -> None:
+    java6 = client(TLS10, "AES128-SHA:AES256-SHA")
+    assert handshake(build_context(rsa_pair, "1.0"), java6) is None
+    assert handshake(build_context(rsa_pair, "1.0", plain_rsa=True), java6) == "AES128-SHA"
+    # Opting in changes nothing for clients that can do ECDHE.
+    assert handshake(build_context(rsa_pair, "1.0", True), client(TLS10, "ALL")) == "ECDHE-RSA-AES128-SHA"
+
+
+def raw_hello(version: int, suites: list[int]) -> bytes:
+    """A minimal ClientHello offering exactly ``suites`` (OpenSSL 3 clients cannot offer 3DES/RC4)."""
+    body = version.to_bytes(2, "big") + bytes(32) + b"\x00"
+    body += (2 * len(suites)).to_bytes(2, "big") + b"".join(s.to_bytes(2, "big") for s in suites)
+    body += b"\x01\x00"  # compression: null only
+    extensions = (
+        b"\x00\x0a\x00\x04\x00\x02\x00\x17"  # supported_groups: secp256r1
+        b"\x00\x0b\x00\x02\x01\x00"  # ec_point_formats: uncompressed
+        b"\x00\x0d\x00\x04\x00\x02\x04\x01"  # signature_algorithms: rsa_pkcs1_sha256
+    )
+    body += len(extensions).to_bytes(2, "big") + extensions
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
+def server_answer(server_ctx: ssl.SSLContext, hello: bytes) -> str:
+    """'server-hello' if the server accepted the offer, else OpenSSL's reason."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
+    incoming.write(hello)
+    try:
+        server.do_handshake()
+    except ssl.SSLWantReadError:
+        return "server-hello" if outgoing.read()[:1] == b"\x16" else "nothing"
+    except ssl.SSLError as exc:
+        return str(exc.reason)
+    return "done"
+
+
+WEAK = {"DES-CBC3-SHA": 0x000A, "ECDHE-RSA-DES-CBC3-SHA": 0xC012, "RC4-SHA": 0x0005, "NULL-SHA": 0x0002}
+
+
+@pytest.mark.parametrize("plain_rsa", [False, True])
+@pytest.mark.parametrize("weak", sorted(WEAK))
+@pytest.mark.parametrize("version", [0x0301, 0x0303], ids=["tls1.0", "tls1.2"])
+def test_weak_suites_never_negotiate(rsa_pair: CertPair, weak: str, plain_rsa: bool, version: int) -> None:
+    ctx = build_context(rsa_pair, "1.0", plain_rsa)
+    assert server_answer(ctx, raw_hello(version, [WEAK[weak]])) == "NO_SHARED_CIPHER"
+    # The same hello with one acceptable suite added is answered: the refusal is about the suite.
+    assert server_answer(ctx, raw_hello(version, [WEAK[weak], 0xC013])) == "server-hello"
+
+
+def test_tls12_gets_aead_even_from_a_legacy_capable_context(rsa_pair: CertPair) -> None:
+    suite = handshake(build_context(rsa_pair, "1.0", plain_rsa=True), client(TLS12, "ALL"))
+    assert suite is not None and ("GCM" in suite or "CHACHA20" in suite)
