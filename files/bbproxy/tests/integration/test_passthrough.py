@@ -1,0 +1,217 @@
+"""ClientHello routing against a real Prosody that has its own direct-TLS port on loopback.
+
+With ``tls.routing = "legacy-only"`` a modern client that asked the proxy for STARTTLS ends
+up in a TLS session with Prosody itself. The proof is channel binding: the client logs in
+with SCRAM-SHA-1-PLUS, binding the login to *its* TLS session (tls-unique, RFC 5929), and
+Prosody checks the binding against *its* TLS session. Both are the same session only if the
+proxy did not terminate the TLS. A TLS 1.0 client through the same proxy is terminated by
+the proxy (it sees the proxy's certificate) and logs in over the plaintext port as before.
+
+Prosody 0.12 (Debian 12) offers tls-unique up to TLS 1.2 only, so the bound login uses
+TLS 1.2; the Debian 13 Molecule scenario covers Prosody 13.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .support import (
+    DOMAIN,
+    LOOPBACK,
+    PROSODY_CONFIG,
+    Certs,
+    Prosody,
+    ProxyFactory,
+    client_context,
+    connect,
+    free_port,
+    open_stream,
+    port_accepts,
+    read_proceed,
+    recv_until,
+    run_login_check,
+    running_prosody,
+    stream_header,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
+
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+@dataclass(frozen=True)
+class TlsProsody:
+    prosody: Prosody
+    tls_port: int
+
+
+@pytest.fixture(scope="module")
+def tls_prosody(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[TlsProsody]:
+    """Prosody with its plaintext port (for the proxy's own TLS) and a direct-TLS port of its own.
+
+    Its certificate is the ECDSA one; the proxies here use the RSA one, so a client can tell
+    from the certificate whose TLS it got.
+    """
+    directory = tmp_path_factory.mktemp("prosody-tls")
+    port, tls_port = free_port(), free_port()
+    config = PROSODY_CONFIG.format(dir=directory, port=port, domain=DOMAIN).replace(
+        "c2s_direct_tls_ports = {}",
+        f"c2s_direct_tls_ports = {{ {tls_port} }}\n"
+        f'ssl = {{ certificate = "{certs.ecdsa.cert}"; key = "{certs.ecdsa.key}" }}',
+    )
+    with running_prosody(
+        directory,
+        config,
+        ("alice", "bob"),
+        lambda: port_accepts(port) and port_accepts(tls_port),
+        f"listen on {LOOPBACK}:{port} and {tls_port}",
+    ) as (proc, passwords, log, _):
+        yield TlsProsody(Prosody(LOOPBACK, port, DOMAIN, passwords, log, proc), tls_port)
+
+
+def starttls(port: int, version: str, cafile: Path) -> ssl.SSLSocket:
+    sock = connect(port)
+    open_stream(sock)
+    sock.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    read_proceed(sock)
+    return client_context(version, cafile).wrap_socket(sock, server_hostname=DOMAIN)
+
+
+def leaf_der(chain: Path) -> bytes:
+    """The first certificate of a PEM chain file, DER-encoded (what getpeercert returns)."""
+    end = "-----END CERTIFICATE-----"
+    return ssl.PEM_cert_to_DER_cert(chain.read_text().split(end)[0] + end + "\n")
+
+
+def mechanisms(features: bytes) -> list[str]:
+    return re.findall(r"<mechanism>([^<]+)</mechanism>", features.decode())
+
+
+def _h(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha1).digest()
+
+
+def scram_sha1_plus(tls: ssl.SSLSocket, user: str, password: str, cb_data: bytes) -> bytes:
+    """RFC 5802 SCRAM-SHA-1-PLUS with tls-unique; returns Prosody's final answer (success/failure)."""
+    gs2 = b"p=tls-unique,,"
+    first_bare = f"n={user},r={secrets.token_hex(12)}".encode()
+    tls.sendall(
+        f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1-PLUS'>".encode()
+        + base64.b64encode(gs2 + first_bare)
+        + b"</auth>"
+    )
+    answer = recv_until(tls, b"</challenge>", 10)
+    match = re.search(rb"<challenge[^>]*>([^<]+)</challenge>", answer)
+    assert match is not None, f"no SCRAM challenge: {answer!r}"
+    server_first = base64.b64decode(match.group(1))
+    fields = dict(item.split(b"=", 1) for item in server_first.split(b","))
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(fields[b"s"]), int(fields[b"i"]))
+    final_bare = b"c=" + base64.b64encode(gs2 + cb_data) + b",r=" + fields[b"r"]
+    auth_message = first_bare + b"," + server_first + b"," + final_bare
+    client_key = _h(salted, b"Client Key")
+    signature = _h(hashlib.sha1(client_key).digest(), auth_message)
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    tls.sendall(
+        f"<response xmlns='{SASL_NS}'>".encode()
+        + base64.b64encode(final_bare + b",p=" + base64.b64encode(proof))
+        + b"</response>"
+    )
+    result = recv_until(tls, b">", 10)
+    result += (
+        recv_until(tls, b"</success>", 2) if b"<success" in result else recv_until(tls, b"</failure>", 2)
+    )
+    if b"<success" in result:
+        server_sig = _h(_h(salted, b"Server Key"), auth_message)
+        verifier = re.search(rb"<success[^>]*>([^<]+)</success>", result)
+        assert verifier is not None
+        assert base64.b64decode(verifier.group(1)) == b"v=" + base64.b64encode(server_sig)
+    return result
+
+
+def legacy_only(proxy_factory: ProxyFactory, tp: TlsProsody) -> int:
+    proxy = proxy_factory(
+        backend=f"{tp.prosody.host}:{tp.prosody.port}",
+        config={"tls": {"routing": "legacy-only", "backend": f"{LOOPBACK}:{tp.tls_port}"}},
+    )
+    return proxy.port
+
+
+def test_modern_client_gets_prosodys_tls_and_a_channel_bound_login(
+    tls_prosody: TlsProsody, proxy_factory: ProxyFactory, certs: Certs
+) -> None:
+    port = legacy_only(proxy_factory, tls_prosody)
+    with starttls(port, "1.2", certs.cafile) as tls:
+        assert tls.getpeercert(binary_form=True) == leaf_der(certs.ecdsa.cert), "not Prosody's certificate"
+        tls.sendall(stream_header())
+        features = recv_until(tls, b"</stream:features>", 10)
+        assert "SCRAM-SHA-1-PLUS" in mechanisms(features), features
+        cb_data = tls.get_channel_binding("tls-unique")
+        assert cb_data is not None
+        result = scram_sha1_plus(tls, "alice", tls_prosody.prosody.passwords["alice"], cb_data)
+        assert b"<success" in result, result
+
+
+def test_a_wrong_channel_binding_is_refused(
+    tls_prosody: TlsProsody, proxy_factory: ProxyFactory, certs: Certs
+) -> None:
+    """The control for the test above: Prosody really checks the binding."""
+    port = legacy_only(proxy_factory, tls_prosody)
+    with starttls(port, "1.2", certs.cafile) as tls:
+        tls.sendall(stream_header())
+        recv_until(tls, b"</stream:features>", 10)
+        result = scram_sha1_plus(tls, "alice", tls_prosody.prosody.passwords["alice"], b"\0" * 12)
+        assert b"<failure" in result, result
+
+
+def test_terminated_sessions_are_never_offered_channel_binding(
+    tls_prosody: TlsProsody, proxy_factory: ProxyFactory, certs: Certs
+) -> None:
+    """terminate-all: the proxy's TLS ends at the proxy, so Prosody must not offer -PLUS."""
+    proxy = proxy_factory(backend=f"{tls_prosody.prosody.host}:{tls_prosody.prosody.port}")
+    with starttls(proxy.port, "1.2", certs.cafile) as tls:
+        tls.sendall(stream_header())
+        features = recv_until(tls, b"</stream:features>", 10)
+        offered = mechanisms(features)
+        assert "PLAIN" in offered and not any(m.endswith("-PLUS") for m in offered), offered
+
+
+def test_tls10_client_is_terminated_by_the_proxy_and_logs_in(
+    tls_prosody: TlsProsody, proxy_factory: ProxyFactory, certs: Certs
+) -> None:
+    port = legacy_only(proxy_factory, tls_prosody)
+    with starttls(port, "1.0", certs.cafile) as tls:
+        assert tls.version() == "TLSv1"
+        assert tls.getpeercert(binary_form=True) == leaf_der(certs.rsa.cert), "not the proxy's certificate"
+        tls.sendall(stream_header())
+        features = recv_until(tls, b"</stream:features>", 10)
+        assert not any(m.endswith("-PLUS") for m in mechanisms(features))
+    result = run_login_check(port=port, prosody=tls_prosody.prosody, cafile=certs.cafile, tls="1.0")
+    assert result.returncode == 0, result.output
+    # And a modern client through the same proxy completes a full login too (slixmpp, TLS 1.3).
+    result = run_login_check(port=port, prosody=tls_prosody.prosody, cafile=certs.cafile, tls="1.3")
+    assert result.returncode == 0, result.output
+
+
+def test_legacy_client_outside_the_allow_list_is_refused(
+    tls_prosody: TlsProsody, proxy_factory: ProxyFactory, certs: Certs
+) -> None:
+    proxy = proxy_factory(
+        backend=f"{tls_prosody.prosody.host}:{tls_prosody.prosody.port}",
+        config={"tls": {"legacy_networks": ["192.0.2.0/24"]}},
+    )
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+        starttls(proxy.port, "1.0", certs.cafile)
+    log = proxy.log_text()
+    assert "legacy TLS refused: address not in tls.legacy_networks: versions=TLSv1 " in log
+    with starttls(proxy.port, "1.3", certs.cafile) as tls:  # modern clients are not affected
+        assert tls.version() == "TLSv1.3"
