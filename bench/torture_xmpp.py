@@ -1,0 +1,193 @@
+"""A minimal blocking XMPP client for the torture run: STARTTLS, TLS 1.0, SASL PLAIN, bind.
+
+Lighter than slixmpp (no process per client), so the fault scenarios can hold many sessions
+and poll for the first good login every few milliseconds. Only for loopback tests: PLAIN is
+sent inside TLS to the proxy, and the password never appears in an exception or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import secrets
+import socket
+import ssl
+import time
+
+STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
+JID = re.compile(rb"<jid>([^<]+)</jid>")
+STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+
+
+class LoginFailed(Exception):
+    """Why a login did not complete; ``stage`` says how far it got, ``condition`` the stream error."""
+
+    def __init__(self, stage: str, detail: str, condition: str | None = None) -> None:
+        super().__init__(f"{stage}: {detail}")
+        self.stage = stage
+        self.condition = condition
+
+
+def stream_header(domain: str) -> bytes:
+    return (
+        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client'"
+        " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    ).encode()
+
+
+class XmppSession:
+    def __init__(
+        self, port: int, domain: str, user: str, password: str, ctx: ssl.SSLContext, timeout: float = 10.0
+    ) -> None:
+        self.port = port
+        self.domain = domain
+        self.user = user
+        self._password = password
+        self.ctx = ctx
+        self.timeout = timeout
+        self.sock: socket.socket | ssl.SSLSocket | None = None
+        self.jid = ""
+        self.stage = "connect"
+        self.buffer = b""
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read_until(self, *needles: bytes, deadline: float) -> bytes:
+        """Read until one of ``needles`` is in the buffer; raise LoginFailed on error/EOF/deadline."""
+        assert self.sock is not None
+        while True:
+            for needle in needles:
+                pos = self.buffer.find(needle)
+                if pos >= 0:
+                    return self.buffer
+            match = STREAM_ERROR.search(self.buffer)
+            if match:
+                condition = match.group(1).decode()
+                raise LoginFailed(self.stage, f"stream error <{condition}/>", condition)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoginFailed(self.stage, "timed out")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise LoginFailed(self.stage, "timed out") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise LoginFailed(self.stage, f"{type(exc).__name__}") from None
+            if not chunk:
+                match = STREAM_ERROR.search(self.buffer)
+                condition = match.group(1).decode() if match else None
+                raise LoginFailed(self.stage, f"closed ({condition or 'no stream error'})", condition)
+            self.buffer += chunk
+
+    def _send(self, data: bytes) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise LoginFailed(self.stage, f"send: {type(exc).__name__}") from None
+
+    # -- the login -------------------------------------------------------------------------
+
+    def login(self) -> str:
+        """Log in and bind; returns the full JID. Raises LoginFailed."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            raw = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        except OSError as exc:
+            raise LoginFailed("connect", type(exc).__name__) from None
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = raw
+        self.stage = "pre-tls"
+        self._send(stream_header(self.domain))
+        self._read_until(b"</stream:features>", deadline=deadline)
+        self.buffer = b""
+        self._send(STARTTLS)
+        self._read_until(b"<proceed", deadline=deadline)
+        self.buffer = b""
+        self.stage = "tls-handshake"
+        try:
+            raw.settimeout(max(deadline - time.monotonic(), 0.01))
+            self.sock = self.ctx.wrap_socket(raw, server_hostname=self.domain)
+        except (OSError, ssl.SSLError) as exc:
+            raise LoginFailed(self.stage, type(exc).__name__) from None
+        self.stage = "backend-stream"
+        self._send(stream_header(self.domain))
+        self._read_until(b"</stream:features>", deadline=deadline)
+        self.buffer = b""
+        self.stage = "sasl"
+        token = base64.b64encode(b"\0" + self.user.encode() + b"\0" + self._password.encode()).decode()
+        self._send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode()
+        )
+        self._read_until(b"<success", b"<failure", deadline=deadline)
+        if b"<failure" in self.buffer:
+            raise LoginFailed(self.stage, "SASL failure")
+        self.buffer = b""
+        self.stage = "bind"
+        self._send(stream_header(self.domain))
+        self._read_until(b"</stream:features>", deadline=deadline)
+        self.buffer = b""
+        resource = f"torture-{secrets.token_hex(3)}"
+        self._send(
+            f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>".encode()
+        )
+        self._read_until(b"</iq>", deadline=deadline)
+        match = JID.search(self.buffer)
+        if match is None:
+            raise LoginFailed(self.stage, "no JID in the bind result")
+        self.jid = match.group(1).decode()
+        self.buffer = b""
+        self.stage = "session"
+        return self.jid
+
+    # -- after login -----------------------------------------------------------------------
+
+    def send_message(self, to: str, body: str) -> None:
+        stanza_id = secrets.token_hex(4)
+        self._send(f"<message to='{to}' type='chat' id='{stanza_id}'><body>{body}</body></message>".encode())
+
+    def wait_for(self, needle: bytes, timeout: float) -> bool:
+        try:
+            self._read_until(needle, deadline=time.monotonic() + timeout)
+        except LoginFailed:
+            return False
+        return True
+
+    def wait_closed(self, timeout: float) -> tuple[str, float]:
+        """Wait for the server to end this session: (how it ended, seconds waited).
+
+        ``stream-error:<condition>``, ``closed`` (no stream error), or ``still-open`` at the deadline.
+        """
+        assert self.sock is not None
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            match = STREAM_ERROR.search(self.buffer)
+            if match:
+                return f"stream-error:{match.group(1).decode()}", time.monotonic() - start
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "still-open", timeout
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return "still-open", timeout
+            except (OSError, ssl.SSLError):
+                chunk = b""
+            if not chunk:
+                match = STREAM_ERROR.search(self.buffer)
+                how = f"stream-error:{match.group(1).decode()}" if match else "closed"
+                return how, time.monotonic() - start
+            self.buffer += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                self.sock.sendall(b"</stream:stream>")
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
