@@ -172,3 +172,13 @@ legacy_plain_rsa = true
 def test_bad_tls_policy_is_named(table: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         settings(BASE, f"[tls]\n{table}\n", tmp_path)
+
+
+def test_the_documented_toml_example_is_valid(tmp_path: Path) -> None:
+    """docs/configuration.md's example must parse: keys, tables and values as documented."""
+    doc = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+    match = re.search(r"```toml\n(.*?)```", doc, re.DOTALL)
+    assert match is not None, "no ```toml block in docs/configuration.md"
+    s = settings([], match.group(1), tmp_path)
+    assert s.tls.routing == "terminate-all" and str(s.tls.backend) == "127.0.0.1:5202"
+    assert "chat.example.net" in s.certificates and s.limits.max_connections == 10000

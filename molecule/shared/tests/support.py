@@ -129,11 +129,15 @@ def negotiated_protocol(summary: str) -> str | None:
 
 
 def served_fingerprint(host: Any, port: int, domain: str, *, starttls: bool = True) -> str:
-    """SHA-256 fingerprint of the certificate a new handshake gets now."""
+    """SHA-256 fingerprint of the certificate the proxy serves to a new handshake now.
+
+    At TLS 1.0: the proxy terminates those in every routing mode (with "legacy-only", a TLS 1.3
+    handshake would get Prosody's own certificate).
+    """
     starttls_args = f"-starttls xmpp -xmpphost {shlex.quote(domain)}" if starttls else ""
     command = (
         f"timeout 20 openssl s_client -connect 127.0.0.1:{port} {starttls_args} "
-        f"-servername {shlex.quote(domain)} </dev/null 2>/dev/null "
+        f"-servername {shlex.quote(domain)} -tls1 -cipher {shlex.quote(LEGACY_CIPHERS)} </dev/null 2>/dev/null "
         "| openssl x509 -noout -fingerprint -sha256"
     )
     return run_ok(host, command).strip().split("=", 1)[-1]

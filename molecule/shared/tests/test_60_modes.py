@@ -24,8 +24,9 @@ SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
 # Runs inside the container: STARTTLS by hand from SOURCE to the proxy, TLS (no verification: only
 # the stream matters here), a stream header; prints what the server sent after TLS as JSON.
 STARTTLS_CLIENT = r"""
-import json, socket, ssl, sys
-source, port, domain = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import json, socket, ssl, subprocess, sys
+source, port, domain, version = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+while_open = sys.argv[5:]  # a command to run while the session is still open
 header = ("<?xml version='1.0'?><stream:stream to='%s' version='1.0' xmlns='jabber:client' "
           "xmlns:stream='http://etherx.jabber.org/streams'>" % domain).encode()
 def until(sock, marker):
@@ -47,11 +48,16 @@ proceed = until(sock, b"/>")
 context = ssl.create_default_context()
 context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE
+if version == "1.0":  # what the proxy terminates in every routing mode
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+AES:@SECLEVEL=0")
 tls = context.wrap_socket(sock, server_hostname=domain)
 tls.sendall(header)
 post = until(tls, b"</stream:features>")
+seen = subprocess.run(while_open, capture_output=True, text=True, timeout=30).stdout if while_open else ""
+version = tls.version()
 tls.close()
-print(json.dumps({"source": source, "pre": pre.decode(errors="replace"),
+print(json.dumps({"source": source, "version": version, "while_open": seen, "pre": pre.decode(errors="replace"),
                   "proceed": proceed.decode(errors="replace"), "post": post.decode(errors="replace")}))
 """
 
@@ -73,8 +79,15 @@ print(data.decode(errors="replace"))
 """
 
 
-def starttls_from(host: Any, source: str, domain: str) -> dict[str, str]:
-    command = f"timeout 30 python3 -c {shlex.quote(STARTTLS_CLIENT)} {source} 5222 {shlex.quote(domain)}"
+def starttls_from(
+    host: Any, source: str, domain: str, version: str = "any", while_open: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """STARTTLS through the proxy from SOURCE; VERSION "1.0" or "any" (the newest both sides have).
+
+    WHILE_OPEN: a command (argv) run in the container while the post-TLS stream is still open.
+    """
+    args = [source, "5222", domain, version, *while_open]
+    command = f"timeout 60 python3 -c {shlex.quote(STARTTLS_CLIENT)} {shlex.join(args)}"
     result: dict[str, str] = json.loads(run_ok(host, command))
     return result
 
@@ -124,7 +137,9 @@ def test_prosody_logs_the_real_client_address(
     if proxy_config.get("send_proxy_protocol", "off") == "off":
         pytest.skip("send_proxy_protocol is off here (/etc/bbproxy/bbproxy.toml)")
     mark = prosody_log.mark()
-    session = starttls_from(host, "127.0.0.2", scenario.domain)
+    # TLS 1.0: terminated by the proxy in every routing mode. (A session passed through to
+    # Prosody's own TLS port carries no PROXY header: Prosody sees 127.0.0.1 for those.)
+    session = starttls_from(host, "127.0.0.2", scenario.domain, "1.0")
     assert "<stream:features" in session["post"], session
 
     def logged() -> bool:
@@ -149,3 +164,55 @@ def test_backend_secure_keeps_s2s_starttls(host: Any, scenario: Scenario) -> Non
     command = f"timeout 30 python3 -c {shlex.quote(S2S_CLIENT)} {S2S_PORT} {shlex.quote(scenario.domain)}"
     features = run_ok(host, command)
     assert STARTTLS_NS in features, f"Prosody's s2s port offers no STARTTLS:\n{features}"
+
+
+@pytest.fixture(scope="module")
+def legacy_only(proxy_config: dict[str, Any]) -> dict[str, Any]:
+    tls: dict[str, Any] = proxy_config.get("tls", {})
+    if tls.get("routing") != "legacy-only":
+        pytest.skip("tls.routing is not legacy-only here (/etc/bbproxy/bbproxy.toml)")
+    return tls
+
+
+SHOW_C2S = ("prosodyctl", "shell", "c2s:show()")  # Prosody's session table, with a Security column
+
+
+def mechanisms(features: str) -> list[str]:
+    return re.findall(r"<mechanism>([^<]+)</mechanism>", features)
+
+
+def test_legacy_only_modern_client_gets_prosodys_own_tls(
+    host: Any, scenario: Scenario, legacy_only: dict[str, Any]
+) -> None:
+    """Prosody's session table says TLS, and it offers channel binding: the TLS is Prosody's."""
+    session = starttls_from(host, "127.0.0.1", scenario.domain, "any", SHOW_C2S)
+    assert session["version"] == "TLSv1.3", session
+    assert any(m.endswith("-PLUS") for m in mechanisms(session["post"])), session["post"]
+    rows = [line for line in session["while_open"].splitlines() if "[127.0.0.1]:" in line]
+    assert rows and all("TLSv1.3" in row for row in rows), session["while_open"]
+
+
+def test_legacy_only_tls10_client_is_terminated_by_the_proxy(
+    host: Any, scenario: Scenario, legacy_only: dict[str, Any]
+) -> None:
+    since = run_ok(host, "date '+%Y-%m-%d %H:%M:%S'").strip()
+    session = starttls_from(host, "127.0.0.1", scenario.domain, "1.0", SHOW_C2S)
+    assert session["version"] == "TLSv1", session
+    assert "<stream:features" in session["post"], session
+    assert not any(m.endswith("-PLUS") for m in mechanisms(session["post"])), session["post"]
+    assert "TLSv1.3" not in session["while_open"], session["while_open"]
+
+    def fingerprint_logged() -> bool:
+        journal = run_ok(host, f"journalctl -u bbproxy --no-pager --since {shlex.quote(since)}")
+        return "legacy client TLSv1: versions=TLSv1 " in journal
+
+    wait_for(fingerprint_logged, "the proxy's fingerprint line for the TLS 1.0 client", timeout=15)
+
+
+def test_prosodys_tls_port_is_loopback_only_and_not_in_ufw(host: Any, legacy_only: dict[str, Any]) -> None:
+    port = int(str(legacy_only["backend"]).rpartition(":")[2])
+    bound = [lst for lst in tcp_listeners(host) if lst.port == port]
+    assert bound, f"Prosody does not listen on its direct-TLS port {port}"
+    assert all(ipaddress.ip_address(lst.address).is_loopback for lst in bound), bound
+    status = run_ok(host, "ufw status")
+    assert not re.search(rf"^{port}\b", status, re.MULTILINE), f"UFW mentions port {port}:\n{status}"
