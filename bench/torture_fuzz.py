@@ -664,6 +664,11 @@ def attacks(port: int, cafile: str, tls10_hello: bytes, timeout: float) -> Itera
             lambda hello=hello: _closed_with_alert(*_tls_after_starttls(port, hello, t)),
         )
     yield Attack(
+        "ClientHello with a non-ASCII SNI (bytes 0xff 0xfe in the host name)",
+        "handshake refused, connection closed, no traceback",
+        lambda: _closed_with_alert(*_tls_after_starttls(port, non_ascii_sni_hello(tls10_hello), t)),
+    )
+    yield Attack(
         "client-initiated renegotiation (TLS 1.0)",
         "secure renegotiation only; client-initiated refused",
         lambda: _renegotiation(port, cafile, t + 10),
@@ -684,12 +689,32 @@ def _closed_with_alert(answer: bytes, closed: bool, elapsed: float) -> tuple[boo
     return closed and not server_hello, what
 
 
-def run_attacks(port: int, cafile: str, tls10_hello: bytes, timeout: float) -> list[dict[str, Any]]:
+def run_attacks(
+    port: int, cafile: str, tls10_hello: bytes, timeout: float, tracebacks: Callable[[], int]
+) -> list[dict[str, Any]]:
+    """Run every named attack; ``tracebacks`` counts the tracebacks in the proxy's log so far."""
     rows = []
     for attack in attacks(port, cafile, tls10_hello, timeout):
+        before = tracebacks()
         try:
             passed, what = attack.run()
         except Exception as exc:  # an attack that breaks the harness is reported, not hidden
             passed, what = False, f"harness error {type(exc).__name__}: {exc}"
-        rows.append({"attack": attack.name, "expected": attack.expect, "passed": passed, "result": what})
+        time.sleep(0.05)  # the proxy writes its log line after the close we saw
+        rows.append(
+            {
+                "attack": attack.name,
+                "expected": attack.expect,
+                "passed": passed,
+                "result": what,
+                "tracebacks": tracebacks() - before,
+            }
+        )
     return rows
+
+
+def non_ascii_sni_hello(hello: bytes) -> bytes:
+    """``hello`` (which names DOMAIN in its SNI) with two SNI bytes replaced by non-ASCII ones."""
+    name = DOMAIN.encode()
+    assert hello.count(name) == 1, "the ClientHello must carry the domain exactly once"
+    return hello.replace(name, name[:4] + b"\xff\xfe" + name[6:])

@@ -91,7 +91,14 @@ class XmppSession:
     # -- the login -------------------------------------------------------------------------
 
     def login(self) -> str:
-        """Log in and bind; returns the full JID. Raises LoginFailed."""
+        """Log in and bind; returns the full JID. Raises LoginFailed (the socket is closed then)."""
+        try:
+            return self._login()
+        except LoginFailed:
+            self.close()
+            raise
+
+    def _login(self) -> str:
         deadline = time.monotonic() + self.timeout
         try:
             raw = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
