@@ -28,6 +28,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 # run a private Prosody on loopback; podman/runc/iptables/debootstrap: the test containers.
 APT_PACKAGES := podman runc iptables debootstrap debian-archive-keyring prosody socat lua5.4 \
 	openssl make python3 python3-venv ca-certificates git
+# Only for the measurements (peers in the benchmark, the TLS scanner); `make deps` run through
+# these targets installs them too (target-specific variables reach the prerequisites).
+bench torture security: APT_PACKAGES += haproxy stunnel4 testssl.sh
 
 # The published demo ports (127.0.0.1 only). Change them if they are taken: make demo DEMO_PORT=...
 DEMO_PORT ?= 15222
@@ -37,7 +40,8 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie test demo demo-clean bench
+	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie test demo demo-clean bench \
+	torture security
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -51,6 +55,8 @@ help:
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
+	@echo "make torture          floods, hostile input, faults vs a real Prosody, < 10 min (TORTURE_ARGS=--short)"
+	@echo "make security         testssl.sh policy check of a local proxy (docs/security.md), ~2 min"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up
@@ -196,3 +202,15 @@ demo-clean:
 BENCH_ARGS ?= --quick
 bench: deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Torture run (issue 9): bbproxy in front of a real Prosody on loopback, bounded; the table is
+# written to bench/results/. Its short form runs in `make test` (tests/integration/test_torture_short.py).
+TORTURE_ARGS ?= --full
+torture: deps venv
+	$(BIN)/python bench/torture.py $(TORTURE_ARGS)
+
+# testssl.sh against a proxy on loopback, checked against the TLS policy (docs/security.md).
+SECURITY_ARGS ?= --quick
+SECURITY_OUT ?= $(CURDIR)/security-results
+security: deps venv
+	tools/security_scan.sh $(SECURITY_ARGS) $(SECURITY_OUT)
