@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ running_prosody = support.running_prosody
 stop_process = support.stop_process
 
 RESULTS = BENCH / "results"
+RELEASE_WAIT = 3.0  # seconds a session may outlive its client in the backend faults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +299,7 @@ class Env:
     proxy: ProxyProcess
     sampler: Sampler
     seed: int
+    loop: str
 
     @property
     def pros(self) -> Prosody:
@@ -332,7 +335,9 @@ def users_for(scale: Scale) -> list[str]:
 
 
 @contextlib.contextmanager
-def environment(scale: Scale, workdir: Path, certs: Certs | None, seed: int) -> Iterator[Env]:
+def environment(
+    scale: Scale, workdir: Path, certs: Certs | None, seed: int, loop: str = "asyncio"
+) -> Iterator[Env]:
     workdir.mkdir(parents=True, exist_ok=True)
     if certs is None:
         (workdir / "certs").mkdir(exist_ok=True)
@@ -350,13 +355,13 @@ def environment(scale: Scale, workdir: Path, certs: Certs | None, seed: int) -> 
         try:
             proxy = starter(
                 backend=f"{LOOPBACK}:{prosody.port}",
-                loop="asyncio",
+                loop=loop,
                 direct_tls=True,
                 config={"limits": limits},
             )
             sampler = Sampler(proxy.pid)
             try:
-                yield Env(scale, workdir, certs, prosody, starter, proxy, sampler, seed)
+                yield Env(scale, workdir, certs, prosody, starter, proxy, sampler, seed, loop)
             finally:
                 sampler.stop()
         finally:
@@ -654,21 +659,29 @@ def _restart_summary(rounds: list[dict[str, Any]], background: dict[str, Any]) -
 
 
 def backend_faults(env: Env) -> dict[str, Any]:
+    """Backends that fail in three ways; the first two must be answered within the connect timeout.
+
+    The third (a listener whose owner never accept()s: TCP connects, nobody speaks, like a hung
+    Prosody) is an observation: the proxy has no timeout for the backend's first answer.
+    """
     s = env.scale
     rows = []
     stalled = RecordingBackend(stalled=True)
+    silent = socket.create_server((LOOPBACK, 0), backlog=16)  # listens, never accept()s
     try:
-        for label, backend in (
-            ("black-holed (accept queue full, SYNs dropped)", stalled.address),
-            ("refusing (nothing listens)", f"{LOOPBACK}:{free_port()}"),
+        for label, backend, expected in (
+            ("black-holed (accept queue full, SYNs dropped)", stalled.address, True),
+            ("refusing (nothing listens)", f"{LOOPBACK}:{free_port()}", True),
+            (
+                "silent (listens, never accept()s, never answers)",
+                f"{LOOPBACK}:{silent.getsockname()[1]}",
+                None,
+            ),
         ):
-            proxy = env.starter(
-                backend=backend,
-                loop="asyncio",
-                config={"limits": {"backend_connect_timeout": s.backend_connect_timeout}},
-            )
+            limits = {"backend_connect_timeout": s.backend_connect_timeout, "shutdown_grace": 1.0}
+            proxy = env.starter(backend=backend, loop=env.loop, config={"limits": limits})
             start = time.monotonic()
-            session = env.session("u0", port=proxy.port, timeout=s.backend_connect_timeout + 10)
+            session = env.session("u0", port=proxy.port, timeout=s.backend_connect_timeout + 3)
             try:
                 session.login()
                 got = "logged in?!"
@@ -677,15 +690,37 @@ def backend_faults(env: Env) -> dict[str, Any]:
             finally:
                 session.close()
             elapsed = time.monotonic() - start
-            proxy.stop()
-            ok = got.endswith("<remote-connection-failed/>") and elapsed < s.backend_connect_timeout + 3
-            rows.append({"backend": label, "answer": got, "seconds": round(elapsed, 2), "ok": ok})
+            left = time.monotonic()
+            released = None  # how long the proxy kept the session after the client left
+            while time.monotonic() < left + RELEASE_WAIT:
+                if " close=" in proxy.log_text():
+                    released = round(time.monotonic() - left, 2)
+                    break
+                time.sleep(0.05)
+            proxy.stopped = True  # stopped here: exit status and tracebacks are results
+            status = stop_process(proxy.proc)
+            log = proxy.log_text()
+            answered = got.endswith("<remote-connection-failed/>") and elapsed < s.backend_connect_timeout + 3
+            ok = answered and released is not None if expected else None
+            rows.append(
+                {
+                    "backend": label,
+                    "answer": got,
+                    "seconds": round(elapsed, 2),
+                    "released_s": released,
+                    "ok": ok,
+                    "exit_status": status,
+                    "tracebacks": log.count("Traceback"),
+                    "traceback_samples": tracebacks(log, 1),
+                }
+            )
     finally:
         stalled.close()
+        silent.close()
     return {
         "rows": rows,
         "connect_timeout_s": s.backend_connect_timeout,
-        "lost": sum(not r["ok"] for r in rows),
+        "lost": sum(r["ok"] is False for r in rows),
     }
 
 
@@ -766,6 +801,7 @@ def run(
     certs: Certs | None = None,
     seed: int = 9,
     scenarios: tuple[str, ...] = ("floods", "hostile", "faults"),
+    loop: str = "asyncio",
 ) -> dict[str, Any]:
     started = time.monotonic()
     steps: dict[str, Callable[[Env], dict[str, Any]]] = {
@@ -776,11 +812,12 @@ def run(
     report: dict[str, Any] = {
         "mode": scale.mode,
         "seed": seed,
+        "loop": loop,
         "scale": dataclasses.asdict(scale),
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git": _git_head(),
     }
-    with environment(scale, workdir, certs, seed) as env:
+    with environment(scale, workdir, certs, seed, loop) as env:
         for name in scenarios:
             t0 = time.monotonic()
             report[name] = steps[name](env)
@@ -800,8 +837,30 @@ def run(
     # log are findings of their own (counted apart: see the end row and the exit status).
     report["lost"] = sum(report[name]["lost"] for name in scenarios)
     report["lost"] += (not report["still_serving"]) + (not report["clean_exit"])
+    report["findings"] = findings(report)
     report["seconds"] = round(time.monotonic() - started, 1)
     return report
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """Everything that is not a loss but is wrong: tracebacks, unclean exits, sessions kept."""
+    found = []
+    if report["tracebacks_in_log"]:
+        first = report["traceback_samples"][0].splitlines() if report["traceback_samples"] else ["?"]
+        found.append(f"{report['tracebacks_in_log']} tracebacks in the main proxy's log; first: {first[-1]}")
+    for row in report.get("faults", {}).get("backend", {}).get("rows", []):
+        if row["exit_status"] != 0 or row["tracebacks"]:
+            last = row["traceback_samples"][0].splitlines()[-1] if row["traceback_samples"] else ""
+            found.append(
+                f"backend {row['backend']}: SIGTERM exit status {row['exit_status']}, "
+                f"{row['tracebacks']} traceback(s) {last}"
+            )
+        if row["released_s"] is None:
+            found.append(
+                f"backend {row['backend']}: the session outlived its client (client EOF half-closes toward "
+                "a backend that never answers; no timeout ends it)"
+            )
+    return found
 
 
 def _git_head() -> str:
@@ -925,8 +984,16 @@ def _fault_rows(report: dict[str, Any]) -> list[str]:
             _row(
                 f"backend {row['backend']}",
                 f"1 login, backend_connect_timeout {fa['backend']['connect_timeout_s']:g} s",
-                f"{row['answer']} after {row['seconds']} s",
-                0 if row["ok"] else 1,
+                f"{row['answer']} after {row['seconds']} s; session released "
+                + (
+                    f"{row['released_s']} s after the client left"
+                    if row["released_s"] is not None
+                    else f"**not within {RELEASE_WAIT:g} s after the client left** "
+                    "(kept until the backend closes or the drain: a finding)"
+                )
+                + f"; SIGTERM exit status {row['exit_status']}"
+                + (f", **{row['tracebacks']} traceback(s)**" if row["tracebacks"] else ""),
+                1 if row["ok"] is False else 0,
             )
         )
     c = fa["certificate"]
@@ -950,7 +1017,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['when']}, git {report['git']}, seed {report['seed']}, {report['seconds']} s: "
         f"`bench/torture.py --{report['mode']}`. Loopback only; Prosody {_prosody_version()} behind bbproxy "
-        f"(asyncio loop). Load generators are separate processes.",
+        f"({report.get('loop', 'asyncio')} event loop). Load generators are separate processes.",
         "",
         "*lost*: logins, sessions or messages lost, connections that hung past their bound, wrong answers, "
         "a crash or an unclean exit. Every count and duration is bounded (see `Scale` in bench/torture.py).",
@@ -1003,9 +1070,15 @@ def markdown(report: dict[str, Any]) -> str:
         if notes:
             lines += ["", "Notes (a stream error either way, but its condition depends on the chunking):"]
             lines += [f"- `{n[:300]!r}`" for n in notes]
-    if report.get("traceback_samples"):
-        lines += ["", "## Tracebacks in the proxy log (first ones)", ""]
-        for block in report["traceback_samples"]:
+    if report.get("findings"):
+        lines += ["", "## Findings (not losses, but wrong)", ""]
+        lines += [f"- {_fmt(item)}" for item in report["findings"]]
+    samples = list(report.get("traceback_samples", []))
+    for row in report.get("faults", {}).get("backend", {}).get("rows", []):
+        samples += row.get("traceback_samples", [])
+    if samples:
+        lines += ["", "## Tracebacks in the proxy logs (first ones)", ""]
+        for block in samples:
             lines += ["```", block, "```"]
     fa = report.get("faults")
     if fa and fa["prosody_restarts"]["sessions_ended"].get("closed"):
@@ -1052,18 +1125,25 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--short", action="store_true", help="CI form, < 90 s (default)")
     group.add_argument("--full", action="store_true", help="issue #9 scale, < 10 min")
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the proxy's event loop"
+    )
     parser.add_argument("--only", choices=("floods", "hostile", "faults"), action="append")
     parser.add_argument("--no-write", action="store_true", help="print only, write no result files")
     args = parser.parse_args(argv)
     scale = FULL if args.full else SHORT
     with tempfile.TemporaryDirectory(prefix="bbproxy-torture-") as tmp:
         report = run(
-            scale, Path(tmp), seed=args.seed, scenarios=tuple(args.only or ("floods", "hostile", "faults"))
+            scale,
+            Path(tmp),
+            seed=args.seed,
+            scenarios=tuple(args.only or ("floods", "hostile", "faults")),
+            loop=args.loop,
         )
     print(markdown(report))
     if not args.no_write:
         print(f"written: {write_report(report)}")
-    return 0 if report["lost"] == 0 and report["tracebacks_in_log"] == 0 else 1
+    return 0 if report["lost"] == 0 and not report["findings"] else 1
 
 
 if __name__ == "__main__":
