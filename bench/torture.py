@@ -31,6 +31,7 @@ import datetime
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -329,6 +330,19 @@ def tracebacks(log: str, limit: int = 3) -> list[str]:
     return blocks
 
 
+CLOSE_LINE = re.compile(r" duration=([0-9.]+)s close=([^\s:]+(?:: timeout)?)")
+
+
+def close_durations(log: str, since: int = 0) -> dict[str, dict[str, float]]:
+    """Per close reason in the proxy's one-line-per-connection log: count and longest duration."""
+    out: dict[str, dict[str, float]] = {}
+    for match in CLOSE_LINE.finditer(log, since):
+        entry = out.setdefault(match.group(2), {"count": 0, "max_s": 0.0})
+        entry["count"] += 1
+        entry["max_s"] = max(entry["max_s"], float(match.group(1)))
+    return out
+
+
 def users_for(scale: Scale) -> list[str]:
     count = max(scale.legit_pairs * 2, scale.held_sessions + 2, 4)
     return [f"u{i}" for i in range(count)]
@@ -411,6 +425,7 @@ def scenario_floods(env: Env) -> dict[str, Any]:
     s = env.scale
     env.sampler.phase = "flood-hold"
     tracebacks_before = env.log_count("Traceback")
+    log_offset = len(env.proxy.log_text())
     refused_before = env.log_count("close=refused-")
     base = {"duration": s.flood_duration, "rate": 1000}
     floods = [
@@ -426,6 +441,7 @@ def scenario_floods(env: Env) -> dict[str, Any]:
         legit = list(pool.map(lambda i: legit_pair(env, i), range(s.legit_pairs)))
     hold = [flood_result(p, s.flood_duration + 30) for p in floods]
     refused_hold = env.log_count("close=refused-") - refused_before
+    closes_hold = close_durations(env.proxy.log_text(), log_offset)
     peak_hold = dict(env.sampler.peaks.get("flood-hold", {}))
 
     # Phase B: more connections than max_connections. Refusals must be clean and visible.
@@ -482,6 +498,7 @@ def scenario_floods(env: Env) -> dict[str, Any]:
         "legit_clients": 2 * len(legit),
         "legit_max_s": max((r["seconds"] for r in legit), default=0),
         "refused_in_log_hold": refused_hold,
+        "proxy_closes_hold": closes_hold,
         "refused_in_log_overflow": refused_overflow,
         "refusals_seen_by_clients": outcomes.get("resource-constraint", 0),
         "login_during_overflow": during,
@@ -915,6 +932,21 @@ def _flood_rows(report: dict[str, Any]) -> list[str]:
                 "-",
             )
         )
+    closes = f.get("proxy_closes_hold", {})
+    rows.append(
+        _row(
+            "- as the proxy logged them",
+            ", ".join(f"{reason} {int(v['count'])}" for reason, v in closes.items()) or "-",
+            "longest duration from accept: "
+            + (
+                ", ".join(
+                    f"{reason} {v['max_s']:.2f} s" for reason, v in closes.items() if "timeout" in reason
+                )
+                or "-"
+            ),
+            "-",
+        )
+    )
     rows.append(
         _row(
             f"flood over max_connections={sc['max_connections']}",
@@ -1016,8 +1048,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# bbproxy torture run ({report['mode']})",
         "",
         f"{report['when']}, git {report['git']}, seed {report['seed']}, {report['seconds']} s: "
-        f"`bench/torture.py --{report['mode']}`. Loopback only; Prosody {_prosody_version()} behind bbproxy "
-        f"({report.get('loop', 'asyncio')} event loop). Load generators are separate processes.",
+        f"`bench/torture.py --{report['mode']} --loop {report['loop']}`. Loopback only; "
+        f"Prosody {_prosody_version()} behind bbproxy; load generators are separate processes.",
         "",
         "*lost*: logins, sessions or messages lost, connections that hung past their bound, wrong answers, "
         "a crash or an unclean exit. Every count and duration is bounded (see `Scale` in bench/torture.py).",
@@ -1111,11 +1143,12 @@ def write_report(report: dict[str, Any], directory: Path = RESULTS) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = report["when"].replace("-", "").replace(":", "")
     text = markdown(report)
-    base = directory / f"torture-{report['mode']}-{stamp}"
+    name = f"{report['mode']}-{report['loop']}"
+    base = directory / f"torture-{name}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     base.with_suffix(".md").write_text(text)
-    (directory / f"torture-latest-{report['mode']}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (directory / f"torture-latest-{report['mode']}.md").write_text(text)
+    (directory / f"torture-latest-{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (directory / f"torture-latest-{name}.md").write_text(text)
     return base.with_suffix(".md")
 
 
