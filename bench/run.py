@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""bbproxy benchmark: one command, bounded, loopback only, ratios against baselines from the same run.
+"""bbproxy benchmark: one command, bounded, loopback only, ratios against peers from the same run.
 
     python bench/run.py --quick            # < 2 minutes (CI-sized)
     python bench/run.py --full             # < 15 minutes (9 000 idle sessions, more samples)
     python bench/run.py --quick --only handshake,latency --out /tmp/bench
 
+Peers (issue #8; each optional, "not installed" in the report if its binary is missing): haproxy
+and stunnel terminating direct TLS in front of the same echo backend, Prosody itself with TLS 1.0
+(STARTTLS, handshake and idle only), a plain Python ssl server, socat, and no proxy at all.
+
 Scenarios (see bench/README.md for the method and what each number means):
-  handshake   STARTTLS sessions/s and proxy CPU ms per session, TLS 1.0 and 1.3 x ECDSA P-256 and
-              RSA-2048, at 200 concurrent clients; baseline: a plain Python ssl server (direct TLS).
-  idle        proxy RSS per established idle TLS 1.0 session; baseline: the same ssl server.
-  throughput  relay MB/s and proxy CPU s/GB at 1 and 16 connections; baseline: socat plain relay.
-  latency     200-byte round trip p50/p99 through each path; baseline: the echo backend directly.
+  handshake   sessions/s and server CPU ms per session, TLS 1.0 and 1.3 x ECDSA P-256 and RSA-2048,
+              at 200 concurrent clients (bbproxy: STARTTLS; haproxy/stunnel/python-ssl: direct TLS),
+              and one bbproxy run at 500 concurrent (zero failures, #8).
+  idle        server RSS per established idle TLS 1.0 session, every TLS peer.
+  throughput  relay MB/s and CPU s/GB at 1 and 16 connections: bbproxy, haproxy, stunnel, socat.
+  latency     200-byte round trip p50/p99 through each path, minus the echo backend's own.
 
 Every server and client is a child process started here, on 127.0.0.1, stopped by PID (process
 group) in a finally block. Every loop is bounded in count and in time.
@@ -56,7 +61,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CIPHERS = f"{MODERN}:{LEGACY}:@SECLEVEL=0"  # TLS <= 1.2 suites of every TLS peer; TLS 1.3 defaults
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized from measurements on a 2-core VM (README): quick ~ 80 s, full ~ 6 min.
+    # Sized from measurements on a 2-core VM shared with other work (README): quick 85-110 s, full ~ 12 min.
     "quick": {
         "budget_s": 115,
         "handshakes": 1000,
@@ -1398,7 +1403,7 @@ def peers_table(report: dict[str, Any]) -> list[str]:
                 "peer",
                 "handshake CPU ms, RSA-2048 / ECDSA P-256",
                 "TLS 1.3: RSA / ECDSA",
-                f"idle KiB/session ({largest} sessions, ECDSA)",
+                f"idle KiB/session ({largest} sessions, ECDSA)" if largest else "idle KiB/session",
                 "relay MB/s, 1 / 16 conns",
                 "relay CPU s/GB, 1 / 16",
                 "200 B round trip p50 / p99 µs",
