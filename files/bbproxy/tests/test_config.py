@@ -182,3 +182,38 @@ def test_the_documented_toml_example_is_valid(tmp_path: Path) -> None:
     s = settings([], match.group(1), tmp_path)
     assert s.tls.routing == "terminate-all" and str(s.tls.backend) == "127.0.0.1:5202"
     assert "chat.example.net" in s.certificates and s.limits.max_connections == 10000
+
+
+def test_certificates_per_key_type_and_a_legacy_chain(tmp_path: Path) -> None:
+    toml = """
+cert = ["rsa.crt", "ecdsa.crt"]
+key = ["rsa.key", "ecdsa.key"]
+[tls]
+legacy_cert = "old-root.crt"
+legacy_key = "old-root.key"
+[certificates."example.test"]
+cert = ["a.crt", "b.crt"]
+key = ["a.key", "b.key"]
+"""
+    s = settings(["--domain", "example.test"], toml, tmp_path)
+    assert isinstance(s.cert, tuple) and [str(p.cert) for p in s.cert] == ["rsa.crt", "ecdsa.crt"]
+    assert isinstance(s.certificates["example.test"], tuple)
+    assert s.tls.legacy_cert is not None and not isinstance(s.tls.legacy_cert, tuple)
+    assert str(s.tls.legacy_cert.key) == "old-root.key"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('cert = ["a", "b"]\nkey = ["a"]', "cert and key: one path each, or two lists of the same length"),
+        ('cert = ["a", "b", "c"]\nkey = ["a", "b", "c"]', "at most two"),
+        ('cert = "c"\nkey = "k"\n[tls]\nlegacy_cert = "x"', "tls.legacy_cert and tls.legacy_key: set both"),
+        (
+            'cert = "c"\nkey = "k"\nmin_tls = "1.2"\n[tls]\nlegacy_cert = "x"\nlegacy_key = "y"',
+            "min_tls = '1.2'",
+        ),
+    ],
+)
+def test_bad_certificate_lists_are_named(toml: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings(["--domain", "example.test"], toml, tmp_path)

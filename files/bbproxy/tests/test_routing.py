@@ -38,6 +38,7 @@ class Certs:
         self.ca = trustme.CA()
         self.proxy_der, self.proxy_pair = self._issue(tmp, "proxy")
         self.prosody_der, prosody_pair = self._issue(tmp, "prosody")
+        self.legacy_der, self.legacy_pair = self._issue(tmp, "legacy")
         self.prosody_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.prosody_ctx.load_cert_chain(prosody_pair.cert, prosody_pair.key)
 
@@ -314,3 +315,23 @@ def test_direct_tls_listener_routes_too(loop_name: str, certs: Certs) -> None:
         prosody.close()
 
     run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("routing", ["terminate-all", "legacy-only"])
+def test_a_legacy_chain_serves_legacy_clients_only(certs: Certs, routing: str) -> None:
+    """tls.legacy_cert: old devices get a chain they trust; everyone else the normal one."""
+
+    async def scenario() -> None:
+        prosody = TlsEcho(certs.prosody_ctx)
+        policy = {"routing": routing, "legacy_cert": certs.legacy_pair}
+        async with routed_proxy(certs, await prosody.start(), **policy) as (_server, port, _plain):
+            modern = certs.prosody_der if routing == "legacy-only" else certs.proxy_der
+            for version, expected in ((TLS10, certs.legacy_der), (TLS13, modern), (TLS12, modern)):
+                # SNI names the domain, which has no per-domain certificate; the legacy chain wins.
+                reader, writer = await starttls_client(port, certs.ca, version)
+                assert peer_der(writer) == expected, version
+                await echo(reader, writer, b"<presence/>")
+                writer.close()
+        prosody.close()
+
+    run("asyncio", scenario)

@@ -123,3 +123,28 @@ def test_weak_suites_never_negotiate(rsa_pair: CertPair, weak: str, plain_rsa: b
 def test_tls12_gets_aead_even_from_a_legacy_capable_context(rsa_pair: CertPair) -> None:
     suite = handshake(build_context(rsa_pair, "1.0", plain_rsa=True), client(TLS12, "ALL"))
     assert suite is not None and ("GCM" in suite or "CHACHA20" in suite)
+
+
+@pytest.fixture(scope="module")
+def ecdsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    leaf = ca.issue_cert("example.test", key_type=trustme.KeyType.ECDSA)
+    directory = tmp_path_factory.mktemp("ecdsa")
+    cert, key = directory / "ecdsa.crt", directory / "ecdsa.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return CertPair(Path(cert), Path(key))
+
+
+@pytest.mark.parametrize("version", [TLS10, TLS12], ids=["tls1.0", "tls1.2"])
+def test_dual_certificates_serve_each_client_the_key_type_it_can_use(
+    rsa_pair: CertPair, ecdsa_pair: CertPair, version: ssl.TLSVersion
+) -> None:
+    both = build_context((rsa_pair, ecdsa_pair), "1.0")
+    assert "ECDSA" in (
+        handshake(both, client(version, "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES128-GCM-SHA256")) or ""
+    )
+    rsa_only = handshake(both, client(version, "ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES128-GCM-SHA256"))
+    assert rsa_only is not None and "RSA" in rsa_only
+    # The control: with the ECDSA certificate alone, an RSA-only client has nothing in common.
+    assert handshake(build_context(ecdsa_pair, "1.0"), client(version, "ECDHE-RSA-AES128-SHA")) is None

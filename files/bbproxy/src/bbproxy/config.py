@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import __version__
-from .tls import TLS_VERSIONS, CertPair
+from .tls import TLS_VERSIONS, CertChoice, CertPair
 
 DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")
 DEFAULT_BACKEND: Final = "127.0.0.1:5200"
@@ -80,6 +80,8 @@ class TlsPolicy:
     legacy_ja3: frozenset[str] = frozenset()
     # TLS 1.0/1.1 key exchange by RSA (no forward secrecy), for clients without ECDHE (Java 6).
     legacy_plain_rsa: bool = False
+    # Certificate(s) for every legacy client, whatever the domain: a chain old devices trust.
+    legacy_cert: CertChoice | None = None
 
 
 # Limits where 0 means "off" rather than "nothing allowed".
@@ -93,8 +95,8 @@ class Settings:
     backend: Address
     domains: tuple[str, ...]
     min_tls: str
-    cert: CertPair
-    certificates: Mapping[str, CertPair] = field(default_factory=dict)
+    cert: CertChoice
+    certificates: Mapping[str, CertChoice] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
     loop: str = "auto"
@@ -266,7 +268,7 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("tls: expected a table")
-    unknown = sorted(set(raw) - {f.name for f in fields(TlsPolicy)})
+    unknown = sorted(set(raw) - {f.name for f in fields(TlsPolicy)} - {"legacy_key"})
     if unknown:
         raise ConfigError(f"tls: unknown key {unknown[0]!r}")
     values: dict[str, Any] = {}
@@ -290,6 +292,10 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
         if not isinstance(plain_rsa, bool):
             raise ConfigError(f"tls.legacy_plain_rsa: expected true or false, got {plain_rsa!r}")
         values["legacy_plain_rsa"] = plain_rsa
+    if "legacy_cert" in raw or "legacy_key" in raw:
+        if "legacy_cert" not in raw or "legacy_key" not in raw:
+            raise ConfigError("tls.legacy_cert and tls.legacy_key: set both, or neither")
+        values["legacy_cert"] = _cert_choice(raw["legacy_cert"], raw["legacy_key"], "tls.legacy")
     return TlsPolicy(**values)
 
 
@@ -299,12 +305,12 @@ def _workers(value: object) -> int:
     return value
 
 
-def _certificates(raw: object) -> dict[str, CertPair]:
+def _certificates(raw: object) -> dict[str, CertChoice]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("certificates: expected a table of domain = { cert, key }")
-    out: dict[str, CertPair] = {}
+    out: dict[str, CertChoice] = {}
     for name, entry in raw.items():
         domain = normalize_domain(name, f"certificates.{name!r}")
         key = f"certificates.{name!r}"
@@ -315,8 +321,27 @@ def _certificates(raw: object) -> dict[str, CertPair]:
             raise ConfigError(f"{key}: unknown key {unknown[0]!r}")
         if "cert" not in entry or "key" not in entry:
             raise ConfigError(f"{key}: needs both cert and key")
-        out[domain] = CertPair(_path(entry["cert"], f"{key}.cert"), _path(entry["key"], f"{key}.key"))
+        out[domain] = _cert_choice(entry["cert"], entry["key"], key)
     return out
+
+
+def _cert_choice(cert_raw: object, key_raw: object, where: str) -> CertChoice:
+    """``cert``/``key`` as two paths, or two lists of paths: one certificate per key type."""
+    prefix = f"{where}." if where else ""
+    if isinstance(cert_raw, str) and isinstance(key_raw, str):
+        return CertPair(_path(cert_raw, f"{prefix}cert"), _path(key_raw, f"{prefix}key"))
+    certs = _string_list(cert_raw, f"{prefix}cert")
+    keys = _string_list(key_raw, f"{prefix}key")
+    if not 1 <= len(certs) <= 2 or len(certs) != len(keys):
+        raise ConfigError(
+            f"{prefix}cert and {prefix}key: one path each, or two lists of the same length "
+            "(at most two: one RSA and one ECDSA certificate)"
+        )
+    pairs = tuple(
+        CertPair(_path(c, f"{prefix}cert"), _path(k, f"{prefix}key"))
+        for c, k in zip(certs, keys, strict=True)
+    )
+    return pairs[0] if len(pairs) == 1 else pairs
 
 
 def _optional_address(value: object, key: str) -> Address | None:
@@ -362,12 +387,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise ConfigError("cert: a certificate is needed (--cert or cert = ...)")
         if key_raw is None:
             raise ConfigError("key: a private key is needed (--key or key = ...)")
-        cert_pair = CertPair(_path(cert_raw, "cert"), _path(key_raw, "key"))
+        cert_pair = _cert_choice(cert_raw, key_raw, "")
     stray = sorted(set(certificates) - set(domains))
     if stray:
         raise ConfigError(f"certificates.{stray[0]!r}: not one of the served domains")
 
     tls = _tls_policy(data.get("tls"), args.tls_routing, args.tls_backend)
+    min_tls = _choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS))
+    if tls.legacy_cert is not None and TLS_VERSIONS[min_tls] >= TLS_VERSIONS["1.2"]:
+        raise ConfigError(f"tls.legacy_cert: no legacy client gets through with min_tls = {min_tls!r}")
     if tls.routing != "terminate-all" and tls.backend == backend:
         raise ConfigError(
             "tls.backend: must be Prosody's direct-TLS port, not the plaintext backend " + str(backend)
@@ -377,7 +405,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         direct_tls_listen=direct,
         backend=backend,
         domains=domains,
-        min_tls=_choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS)),
+        min_tls=min_tls,
         cert=cert_pair,
         certificates=certificates,
         limits=_limits(data.get("limits")),

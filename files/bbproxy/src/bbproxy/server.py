@@ -53,7 +53,9 @@ class Stats:
 
 def load_contexts(settings: Settings) -> TlsContexts:
     s = settings
-    return TlsContexts.load(s.domains, s.cert, s.certificates, s.min_tls, s.tls.legacy_plain_rsa)
+    return TlsContexts.load(
+        s.domains, s.cert, s.certificates, s.min_tls, s.tls.legacy_plain_rsa, s.tls.legacy_cert
+    )
 
 
 def open_socket(address: Address, reuse_port: bool = False) -> socket.socket:

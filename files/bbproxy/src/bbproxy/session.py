@@ -288,6 +288,9 @@ class ClientSession(asyncio.Protocol):
             self.server.handshake_failed(self, "legacy-not-allowed")
             self._close("tls-refused: legacy TLS not allowed from this address")
         elif legacy or policy.routing == "terminate-all":
+            legacy_ctx = self.server.contexts.legacy
+            if legacy and legacy_ctx is not None:
+                self._ctx = legacy_ctx  # the chain old devices trust, for every domain
             self._terminate(raw)
         else:
             self._splice(raw)

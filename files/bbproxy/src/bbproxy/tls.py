@@ -53,6 +53,15 @@ class CertPair:
     key: Path
 
 
+# One certificate, or one per key type (RSA + ECDSA): OpenSSL then shows each client the one
+# its offer can use (ECDSA suites -> ECDSA), so old RSA-only devices and new ones are both served.
+CertChoice = CertPair | tuple[CertPair, ...]
+
+
+def cert_pairs(choice: CertChoice) -> tuple[CertPair, ...]:
+    return choice if isinstance(choice, tuple) else (choice,)
+
+
 def cipher_string(min_tls: str, plain_rsa: bool = False) -> str:
     """The OpenSSL cipher string (TLS <= 1.2 suites) for a minimum version."""
     if TLS_VERSIONS[min_tls] >= ssl.TLSVersion.TLSv1_2:
@@ -62,8 +71,8 @@ def cipher_string(min_tls: str, plain_rsa: bool = False) -> str:
     return f"{MODERN_SUITES}:{legacy}:@SECLEVEL=0"
 
 
-def build_context(pair: CertPair, min_tls: str, plain_rsa: bool = False) -> ssl.SSLContext:
-    """A server context for one certificate chain under the version policy."""
+def build_context(pairs: CertChoice, min_tls: str, plain_rsa: bool = False) -> ssl.SSLContext:
+    """A server context for one certificate chain (or one per key type) under the version policy."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
         # Naming TLSVersion.TLSv1 warns; serving legacy clients is the point of this proxy.
@@ -74,6 +83,12 @@ def build_context(pair: CertPair, min_tls: str, plain_rsa: bool = False) -> ssl.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.options |= ssl.OP_SINGLE_ECDH_USE
     ctx.set_alpn_protocols([ALPN_XMPP_CLIENT])
+    for pair in cert_pairs(pairs):
+        _load_pair(ctx, pair)
+    return ctx
+
+
+def _load_pair(ctx: ssl.SSLContext, pair: CertPair) -> None:
     for path in (pair.cert, pair.key):
         # load_cert_chain's own errors do not always say which file; check both first.
         try:
@@ -94,7 +109,6 @@ def build_context(pair: CertPair, min_tls: str, plain_rsa: bool = False) -> ssl.
         raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {reason}") from None
     except OSError as exc:
         raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {exc.strerror or exc}") from None
-    return ctx
 
 
 def self_test(server_ctx: ssl.SSLContext, version: str) -> str | None:
@@ -133,12 +147,22 @@ def self_test(server_ctx: ssl.SSLContext, version: str) -> str | None:
 
 
 class TlsContexts:
-    """All server contexts: one per domain, picked by SNI or, with no SNI, by stream ``to``."""
+    """All server contexts: one per domain, picked by SNI or, with no SNI, by stream ``to``.
 
-    __slots__ = ("_by_domain", "default")
+    ``legacy``, when set, serves every legacy client (below TLS 1.2) whatever the domain: a
+    chain old devices trust (BlackBerry 10 does not trust ISRG Root X1, for one).
+    """
 
-    def __init__(self, default: ssl.SSLContext, by_domain: Mapping[str, ssl.SSLContext]) -> None:
+    __slots__ = ("_by_domain", "default", "legacy")
+
+    def __init__(
+        self,
+        default: ssl.SSLContext,
+        by_domain: Mapping[str, ssl.SSLContext],
+        legacy: ssl.SSLContext | None = None,
+    ) -> None:
         self.default = default
+        self.legacy = legacy
         self._by_domain = dict(by_domain)
         for ctx in {id(c): c for c in (default, *self._by_domain.values())}.values():
             ctx.sni_callback = self._on_sni
@@ -147,10 +171,11 @@ class TlsContexts:
     def load(
         cls,
         domains: tuple[str, ...],
-        default_pair: CertPair,
-        per_domain: Mapping[str, CertPair],
+        default_pair: CertChoice,
+        per_domain: Mapping[str, CertChoice],
         min_tls: str,
         plain_rsa: bool = False,
+        legacy_pair: CertChoice | None = None,
     ) -> TlsContexts:
         """Load every certificate once; raise CertificateError naming the first bad file.
 
@@ -160,13 +185,17 @@ class TlsContexts:
         """
         default = build_context(default_pair, min_tls, plain_rsa)
         by_domain = {d: build_context(per_domain[d], min_tls, plain_rsa) for d in domains if d in per_domain}
-        for name, ctx in (("default", default), *by_domain.items()):
+        legacy = None if legacy_pair is None else build_context(legacy_pair, min_tls, plain_rsa)
+        checks = [("default", default), *by_domain.items()]
+        if legacy is not None:
+            checks.append(("legacy", legacy))
+        for name, ctx in checks:
             problem = self_test(ctx, min_tls)
             if problem is not None:
                 raise CertificateError(
                     f"TLS {min_tls} self-test failed for the {name} certificate: {problem}"
                 )
-        return cls(default, by_domain)
+        return cls(default, by_domain, legacy)
 
     def for_domain(self, domain: str | None) -> ssl.SSLContext:
         if domain is None:
@@ -177,5 +206,5 @@ class TlsContexts:
         if server_name is None:
             return  # keep the context chosen from the stream 'to' (or the default)
         ctx = self._by_domain.get(server_name.rstrip(".").lower())
-        if ctx is not None and sslobj.context is not ctx:
+        if ctx is not None and sslobj.context is not ctx and sslobj.context is not self.legacy:
             sslobj.context = ctx
