@@ -881,10 +881,15 @@ def findings(report: dict[str, Any]) -> list[str]:
 
 
 def _git_head() -> str:
+    """HEAD, plus "+uncommitted" when the proxy's source or this harness differ from it."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
-        return out.stdout.strip()
+        git = ["git", "-C", str(REPO)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "files/bbproxy/src", "bench"],
+                               capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        changed = [line for line in dirty.stdout.splitlines() if "src/" in line or "bench/torture" in line]
+        return head.stdout.strip() + ("+uncommitted" if changed else "")
     return "?"
 
 
