@@ -74,18 +74,21 @@ class ClientHello:
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
-    def family(self) -> str:
+    def family(self, ja3: str | None = None) -> str:
         """``TLSv1/<ja3>``: a bounded label for counting devices of one kind (metrics)."""
-        return f"{_version_name(self.max_version)}/{self.ja3()}"
+        return f"{_version_name(self.max_version)}/{ja3 or self.ja3()}"
 
-    def summary(self) -> str:
-        """One log-friendly line; no field comes from the client unescaped."""
+    def summary(self, ja3: str | None = None) -> str:
+        """One log-friendly line; no field comes from the client unescaped.
+
+        ``ja3``: the hash if the caller has it already (it is the costly part).
+        """
         versions = self.supported_versions or (self.legacy_version,)
         return (
             f"versions={','.join(_version_name(v) for v in versions if not is_grease(v))} "
             f"ciphers={_hex_list(self.ciphers)} sni={_safe(self.sni) if self.sni else '-'} "
             f"alpn={','.join(_safe(p) for p in self.alpn) or '-'} groups={_hex_list(self.groups)} "
-            f"ja3={self.ja3()}"
+            f"ja3={ja3 or self.ja3()}"
         )
 
 

@@ -311,9 +311,10 @@ class ClientSession(asyncio.Protocol):
     def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
         hello = self._hello
         if isinstance(hello, ClientHello):
-            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary())
+            ja3 = hello.ja3()
+            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary(ja3))
             if legacy:
-                self.server.legacy_client(hello.family())
+                self.server.legacy_client(hello.family(ja3))
         elif isinstance(hello, str):
             log.info("conn=%d %s: %s", self.conn_id, what, hello)
         self._hello = None
