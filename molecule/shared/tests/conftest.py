@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 import testinfra
 
-from support import BBPROXY_TOML, LOGIN_TOOL, REPO, LoginCheck, ProsodyLog, Scenario, load_scenario, served_cert_path
+from support import (
+    BBPROXY_TOML,
+    LOGIN_TOOL,
+    REPO,
+    LoginCheck,
+    ProsodyLog,
+    Scenario,
+    load_scenario,
+    served_cert_path,
+    tls10_cert_path,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +48,10 @@ def proxy_config(host: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def served_cafile(host: Any, proxy_config: dict[str, Any], scenario: Scenario, tmp_path_factory: Any) -> Path:
-    """The self-signed certificate the proxy serves, copied to the host to verify it against."""
-    cert, _ = served_cert_path(proxy_config, scenario.domain)
+    """The self-signed certificates the proxy serves (and the legacy chain), to verify them against."""
+    certs = {served_cert_path(proxy_config, scenario.domain)[0], tls10_cert_path(proxy_config, scenario.domain)[0]}
     path = tmp_path_factory.mktemp("ca") / "served.pem"
-    path.write_text(host.file(cert).content_string)
+    path.write_text("".join(host.file(cert).content_string for cert in sorted(certs)))
     return path
 
 

@@ -93,9 +93,17 @@ def load_scenario() -> Scenario:
 
 
 def served_cert_path(config: dict[str, Any], domain: str) -> tuple[str, str]:
-    """(cert, key) the proxy serves for DOMAIN, per its deployed TOML."""
+    """(cert, key) the proxy serves for DOMAIN to modern clients, per its deployed TOML."""
     entry = config.get("certificates", {}).get(domain, {})
     return entry.get("cert", config["cert"]), entry.get("key", config["key"])
+
+
+def tls10_cert_path(config: dict[str, Any], domain: str) -> tuple[str, str]:
+    """(cert, key) a TLS 1.0 client gets: the legacy chain (tls.legacy_cert) if there is one."""
+    tls = config.get("tls", {})
+    if tls.get("legacy_cert"):
+        return tls["legacy_cert"], tls["legacy_key"]
+    return served_cert_path(config, domain)
 
 
 # ---- commands in the container ----------------------------------------------------------------
@@ -128,16 +136,16 @@ def negotiated_protocol(summary: str) -> str | None:
     return match.group(1) if match else None
 
 
-def served_fingerprint(host: Any, port: int, domain: str, *, starttls: bool = True) -> str:
-    """SHA-256 fingerprint of the certificate the proxy serves to a new handshake now.
+def served_fingerprint(host: Any, port: int, domain: str, *, starttls: bool = True, tls_flag: str = "-tls1") -> str:
+    """SHA-256 fingerprint of the certificate a new handshake gets now.
 
-    At TLS 1.0: the proxy terminates those in every routing mode (with "legacy-only", a TLS 1.3
-    handshake would get Prosody's own certificate).
+    At TLS 1.0 by default: the proxy terminates those in every routing mode (with "legacy-only",
+    a TLS 1.3 handshake gets Prosody's own certificate), with the legacy chain if one is set.
     """
     starttls_args = f"-starttls xmpp -xmpphost {shlex.quote(domain)}" if starttls else ""
     command = (
         f"timeout 20 openssl s_client -connect 127.0.0.1:{port} {starttls_args} "
-        f"-servername {shlex.quote(domain)} -tls1 -cipher {shlex.quote(LEGACY_CIPHERS)} </dev/null 2>/dev/null "
+        f"-servername {shlex.quote(domain)} {tls_flag} -cipher {shlex.quote(LEGACY_CIPHERS)} </dev/null 2>/dev/null "
         "| openssl x509 -noout -fingerprint -sha256"
     )
     return run_ok(host, command).strip().split("=", 1)[-1]

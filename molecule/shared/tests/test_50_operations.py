@@ -23,9 +23,9 @@ from support import (
     main_pid,
     read_until,
     run_ok,
-    served_cert_path,
     served_fingerprint,
     stream_header,
+    tls10_cert_path,
     wait_for,
 )
 
@@ -82,7 +82,7 @@ def fingerprint_of(session: ssl.SSLSocket) -> str:
 
 
 def test_sighup_serves_new_cert_and_keeps_sessions(host: Any, scenario: Scenario, proxy_config: dict[str, Any]) -> None:
-    cert, key = served_cert_path(proxy_config, scenario.domain)
+    cert, key = tls10_cert_path(proxy_config, scenario.domain)  # what served_fingerprint() sees
     old = file_fingerprint(host, cert)
     assert served_fingerprint(host, 5222, scenario.domain) == old
     session = open_session(scenario)

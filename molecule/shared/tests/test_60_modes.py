@@ -14,7 +14,19 @@ from typing import Any
 
 import pytest
 
-from support import ProsodyLog, Scenario, listening, negotiated_protocol, run_ok, s_client, tcp_listeners, wait_for
+from support import (
+    ProsodyLog,
+    Scenario,
+    file_fingerprint,
+    listening,
+    negotiated_protocol,
+    run_ok,
+    s_client,
+    served_cert_path,
+    served_fingerprint,
+    tcp_listeners,
+    wait_for,
+)
 
 PROSODY_CONFIG = "/etc/prosody/prosody.cfg.lua"
 STARTTLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -216,3 +228,16 @@ def test_prosodys_tls_port_is_loopback_only_and_not_in_ufw(host: Any, legacy_onl
     assert all(ipaddress.ip_address(lst.address).is_loopback for lst in bound), bound
     status = run_ok(host, "ufw status")
     assert not re.search(rf"^{port}\b", status, re.MULTILINE), f"UFW mentions port {port}:\n{status}"
+
+
+def test_a_legacy_chain_goes_to_legacy_clients_only(
+    host: Any, scenario: Scenario, proxy_config: dict[str, Any]
+) -> None:
+    legacy_cert = proxy_config.get("tls", {}).get("legacy_cert")
+    if not legacy_cert:
+        pytest.skip("no tls.legacy_cert here (bbproxy_legacy_certificate is {})")
+    legacy = file_fingerprint(host, legacy_cert)
+    assert served_fingerprint(host, 5222, scenario.domain) == legacy
+    modern = served_fingerprint(host, 5222, scenario.domain, tls_flag="-tls1_3")
+    assert modern != legacy
+    assert modern == file_fingerprint(host, served_cert_path(proxy_config, scenario.domain)[0])
