@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from . import notify
+from . import memory, notify
 from .config import Address, Settings
 from .limits import PerIpLimiter, in_networks
 from .metrics import LiveTotals, Metrics, NullMetrics
@@ -24,6 +25,10 @@ from .tls import CertificateError, TlsContexts
 log = logging.getLogger("bbproxy")
 
 FLUSH_GRACE = 5.0  # seconds for sessions to flush and close once told to stop
+# After a mass close (at least TRIM_MIN_DROP sessions, and half of the peak, gone), freed memory
+# is handed back to the OS (memory.trim) once things have settled for TRIM_DELAY seconds.
+TRIM_MIN_DROP = 1000
+TRIM_DELAY = 5.0
 
 
 class ListenError(Exception):
@@ -117,6 +122,9 @@ class ProxyServer:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._peak = 0  # most sessions open at once since the last trim
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self.trims = 0
 
     # -- connection accounting, called by sessions ---------------------------------------
 
@@ -136,6 +144,8 @@ class ProxyServer:
             return reason
         self.sessions.add(session)
         self._idle.clear()
+        if len(self.sessions) > self._peak:
+            self._peak = len(self.sessions)
         return None
 
     def legacy_allowed(self, ip: str) -> bool:
@@ -182,6 +192,31 @@ class ProxyServer:
         session.log_close()
         if not self.sessions:
             self._idle.set()
+        open_now = len(self.sessions)
+        if (
+            self._trim_timer is None
+            and self._peak - open_now >= TRIM_MIN_DROP
+            and open_now <= self._peak // 2
+        ):
+            self._trim_timer = self.loop.call_later(TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        """After a mass close: give the freed heap back to the OS (glibc keeps it otherwise)."""
+        self._trim_timer = None
+        before = memory.rss_bytes()
+        # Closed sessions are reference cycles (session <-> backend <-> transports): only the
+        # cyclic collector frees them, and it may not run for a long while when traffic is low.
+        gc.collect()
+        if memory.trim():
+            self.trims += 1
+            log.info(
+                "%d sessions closed since the peak of %d: RSS %.0f -> %.0f MiB after returning free memory",
+                self._peak - len(self.sessions),
+                self._peak,
+                before / 2**20,
+                memory.rss_bytes() / 2**20,
+            )
+        self._peak = len(self.sessions)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -257,6 +292,8 @@ class ProxyServer:
                 log.warning("%d session(s) did not close in time", len(self.sessions))
         for server in self._servers:
             await server.wait_closed()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         log.info("stopped")
 
 
