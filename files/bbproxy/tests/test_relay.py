@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,8 +85,10 @@ async def starttls_client(
 class Backend:
     """A loopback backend whose reading can be held back, recording what it gets."""
 
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, hang_after_eof: bool = False) -> None:
         self.echo = echo
+        self.hang_after_eof = hang_after_eof  # a Prosody that never answers the client's goodbye
+        self.released = asyncio.Event()
         self.received = hashlib.sha256()
         self.count = 0
         self.eof = asyncio.Event()
@@ -101,6 +104,8 @@ class Backend:
             data = await reader.read(65536)
             if not data:
                 self.eof.set()
+                if self.hang_after_eof:
+                    await self.released.wait()
                 break
             self.count += len(data)
             self.received.update(data)
@@ -115,6 +120,7 @@ class Backend:
 
     def close(self) -> None:
         assert self.server is not None
+        self.released.set()
         for writer in self.writers:
             writer.close()
         self.server.close()
@@ -301,3 +307,54 @@ def test_proxy_protocol_header_names_the_client(
         backend.close()
 
     run("asyncio", scenario)
+
+
+# asyncio only: the client half-closes the TCP socket under its TLS, which uvloop's socket
+# wrapper does not offer; the proxy side is the same code on both loops.
+@pytest.mark.parametrize("loop_name", ["asyncio"])
+def test_half_close_waits_for_the_backend_only_half_close_timeout(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """A client that is done sending, in front of a backend that never answers, is released."""
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=False, hang_after_eof=True)  # reads, never answers, never closes
+        async with proxy(pair, await backend.start(), half_close_timeout=0.3) as (server, port):
+            _reader, writer = await starttls_client(port, ca)
+            writer.write(b"<presence/>")
+            await until(lambda: backend.count == len(b"<presence/>"), "the stanza at the backend")
+            session = next(iter(server.sessions))
+            # TLS over asyncio has no write_eof(): send the TCP FIN under it, keep reading.
+            writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            await until(lambda: backend.eof.is_set(), "the half-close passed on to the backend")
+            await until(lambda: not server.sessions, "the session released after half_close_timeout")
+            assert session.close_reason in ("client-eof", "client-close-notify"), session.close_reason
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+# asyncio only: the client half-closes the TCP socket under its TLS, which uvloop's socket
+# wrapper does not offer; the proxy side is the same code on both loops.
+@pytest.mark.parametrize("loop_name", ["asyncio"])
+def test_drain_ends_a_half_closed_session_cleanly(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """shutdown() must not write </stream:stream> after write_eof() (RuntimeError before)."""
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=False, hang_after_eof=True)
+        async with proxy(pair, await backend.start(), shutdown_grace=0.1) as (server, port):
+            _reader, writer = await starttls_client(port, ca)
+            writer.write(b"<presence/>")
+            await until(lambda: backend.count > 0, "the stanza at the backend")
+            writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            await until(lambda: backend.eof.is_set(), "the half-close at the backend")
+            server.request_stop()  # the context manager's exit drains: it must not raise
+        writer.close()
+        backend.close()
+
+    run(loop_name, scenario)

@@ -335,3 +335,67 @@ def test_a_legacy_chain_serves_legacy_clients_only(certs: Certs, routing: str) -
         prosody.close()
 
     run("asyncio", scenario)
+
+
+def hello_with_sni(name: bytes) -> bytes:
+    """A TLS 1.2 ClientHello naming ``name`` in SNI, byte for byte (ASCII or not)."""
+    entry = b"\x00" + len(name).to_bytes(2, "big") + name
+    sni = b"\x00\x00" + (len(entry) + 2).to_bytes(2, "big") + len(entry).to_bytes(2, "big") + entry
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x04\xc0\x2b\xc0\x2f" + b"\x01\x00"
+    extensions = sni + (
+        b"\x00\x0a\x00\x04\x00\x02\x00\x17"  # supported_groups: secp256r1
+        b"\x00\x0b\x00\x02\x01\x00"  # ec_point_formats: uncompressed
+        b"\x00\x0d\x00\x06\x00\x04\x04\x03\x04\x01"  # signature_algorithms: ECDSA/RSA SHA-256
+    )
+    body += len(extensions).to_bytes(2, "big") + extensions
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(message).to_bytes(2, "big") + message
+
+
+@pytest.mark.parametrize("routing", ["terminate-all", "legacy-only"])
+def test_a_non_ascii_sni_is_refused_with_an_alert_and_no_traceback(
+    certs: Certs, routing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CPython's SNI callback cannot decode such a name (it prints a traceback): refuse it first.
+
+    An unraisable exception in the proxy would fail this test (pytest turns it into an error).
+    """
+    caplog.set_level(logging.INFO, "bbproxy")
+
+    async def scenario() -> None:
+        async with routed_proxy(certs, routing=routing) as (server, port, plain):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HEADER)
+            await reader.readuntil(b"</stream:features>")
+            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            await reader.readuntil(PROCEED)
+            writer.write(hello_with_sni(b"exam\xff\xfee.test"))
+            answer = await asyncio.wait_for(reader.read(), 10)
+            assert answer == bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F)), answer  # illegal_parameter
+            await until(lambda: not server.sessions, "the session to end")
+            assert server.stats.routes == {"refused": 1} and not plain.writers
+            writer.close()
+
+    run("asyncio", scenario)
+    assert "handshake refused: SNI host name is not ASCII: versions=TLSv1.2 " in caplog.text
+    assert "sni=exam??e.test" in caplog.text  # logged, but never raw
+
+
+def test_the_same_hello_with_an_ascii_sni_is_answered(certs: Certs) -> None:
+    """The control for the test above: the refusal is about the name, not the handcrafted hello."""
+
+    async def scenario() -> None:
+        async with routed_proxy(certs) as (_server, port, _plain):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HEADER)
+            await reader.readuntil(b"</stream:features>")
+            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            await reader.readuntil(PROCEED)
+            writer.write(hello_with_sni(DOMAIN.encode()))
+            try:
+                answer = await asyncio.wait_for(reader.read(5), 10)
+                assert answer[:1] == b"\x16", answer  # a ServerHello record
+            finally:
+                writer.close()
+
+    run("asyncio", scenario)

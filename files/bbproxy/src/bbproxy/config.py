@@ -52,6 +52,9 @@ class Limits:
     backend_connect_timeout: float = 10.0
     # On SIGTERM: how long live sessions may go on before system-shutdown ends them.
     shutdown_grace: float = 30.0
+    # After a client stops sending (TCP FIN or close_notify): how long Prosody gets to finish
+    # its answer before the session is closed anyway.
+    half_close_timeout: float = 30.0
     # Per source address; 0 = no limit. Answered with a stream error, never a silent drop.
     max_connections_per_ip: int = 0
     connect_rate_per_ip: int = 0  # new connections per minute

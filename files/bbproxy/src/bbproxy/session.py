@@ -56,12 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbproxy.session")
 
-# After the client half-closes, how long the backend gets to finish its answer.
-HALF_CLOSE_GRACE: Final = 30.0
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
-# A fatal protocol_version alert (RFC 5246 §7.2): "not at this version, not from here".
+# Fatal alerts (RFC 5246 §7.2) sent before any TLS state exists: protocol_version ("not at this
+# version, not from here") and illegal_parameter (an SNI host name that is not ASCII).
 ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
+ALERT_ILLEGAL_PARAMETER: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F))
 _TLS_1_2: Final = 0x0303
 _ids = itertools.count(1)
 _GT: Final = 0x3E  # ">"
@@ -280,7 +280,16 @@ class ClientSession(asyncio.Protocol):
         policy = self.server.settings.tls
         named = bool(policy.legacy_ja3) and hello.ja3() in policy.legacy_ja3
         legacy = hello.max_version < _TLS_1_2 or named
-        if legacy and not self.server.legacy_allowed(self.peer_ip):
+        if hello.sni is not None and not hello.sni.isascii():
+            # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
+            # even decode such a name and prints a traceback, so refuse it here, with a reason.
+            assert self.transport is not None
+            self.route = "refused"
+            self.transport.write(ALERT_ILLEGAL_PARAMETER)
+            self._log_fingerprint("handshake refused: SNI host name is not ASCII")
+            self.server.handshake_failed(self, "sni-not-ascii")
+            self._close("tls-refused: SNI host name is not ASCII")
+        elif legacy and not self.server.legacy_allowed(self.peer_ip):
             assert self.transport is not None
             self.route = "refused"
             self.transport.write(ALERT_PROTOCOL_VERSION)
@@ -377,9 +386,13 @@ class ClientSession(asyncio.Protocol):
         """The client is done sending: tell the backend, and relay its answer for a while."""
         assert self.backend is not None
         self.close_reason = self.close_reason or reason
+        if self._half_closed:
+            return  # close_notify, then the TCP FIN: one half-close, one timer
         self._half_closed = True  # nothing more is read from the client
         self.backend.write_eof()
-        self._timer = self.server.loop.call_later(HALF_CLOSE_GRACE, self._close, reason)
+        self._cancel_timer()
+        grace = self.server.settings.limits.half_close_timeout
+        self._timer = self.server.loop.call_later(grace, self._close, reason)
 
     def _flush_tls(self) -> None:
         if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
@@ -531,8 +544,9 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(self.negotiation.refuse(condition, text))
         elif self.state is State.RELAY:
             # Prosody ends its side cleanly (it answers </stream:stream> and stores what it
-            # must); the client is told to reconnect. Each only between two elements.
-            if self.backend is not None and self._up_at_boundary:
+            # must); the client is told to reconnect. Each only between two elements, and the
+            # backend only if the client has not already ended its side (half-close).
+            if self.backend is not None and self._up_at_boundary and not self._half_closed:
                 self.backend.write(STREAM_CLOSE)
             if self._down_at_boundary:
                 self._send_tls(stream_error(condition, text))
@@ -586,12 +600,13 @@ class ClientSession(asyncio.Protocol):
 class BackendConnection(asyncio.Protocol):
     """The plaintext connection to Prosody, opened only after the client's TLS is up."""
 
-    __slots__ = ("_closed", "client", "transport")
+    __slots__ = ("_closed", "_eof_sent", "client", "transport")
 
     def __init__(self, client: ClientSession) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self._closed = False
+        self._eof_sent = False  # after write_eof() a transport refuses write()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -620,11 +635,17 @@ class BackendConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self._eof_sent:
             self.transport.write(data)
 
     def write_eof(self) -> None:
-        if self.transport is not None and not self._closed and self.transport.can_write_eof():
+        if (
+            self.transport is not None
+            and not self._closed
+            and not self._eof_sent
+            and self.transport.can_write_eof()
+        ):
+            self._eof_sent = True
             self.transport.write_eof()
 
     def pause_reading(self) -> None:
