@@ -186,6 +186,10 @@ class PreTlsParser:
         while self._state not in (_State.DONE, _State.FAILED):
             buf = self._buf
             if not self._seen_token:
+                # A byte-order mark may arrive split over reads: wait until it is whole, so the
+                # answer never depends on how the bytes were chunked.
+                if len(buf) == 1 and buf[0] in (0xFE, 0xFF):
+                    return NEED_DATA
                 if len(buf) < 3 and _UTF8_BOM.startswith(bytes(buf)) and buf:
                     return NEED_DATA
                 if buf.startswith(_UTF8_BOM):

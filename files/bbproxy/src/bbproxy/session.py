@@ -91,6 +91,7 @@ class ClientSession(asyncio.Protocol):
     """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
+        "_backend_ended",
         "_ctx",
         "_down_at_boundary",
         "_early",
@@ -158,6 +159,7 @@ class ClientSession(asyncio.Protocol):
         # element (our </stream:stream> or <stream:error/>) be added without splitting a stanza.
         self._up_at_boundary = True
         self._down_at_boundary = True
+        self._backend_ended = False  # the backend's last bytes were its </stream:stream>
 
     # -- asyncio.Protocol (client side) --------------------------------------------
 
@@ -528,9 +530,14 @@ class ClientSession(asyncio.Protocol):
         elif self.state is State.RELAY:
             self.bytes_down += len(data)
             self._down_at_boundary = data[-1] == _GT
+            self._backend_ended = data.endswith(STREAM_CLOSE)
             self._send_tls(data)
 
     def backend_closed(self, reason: str) -> None:
+        if self.state is State.RELAY and not self._backend_ended and self._down_at_boundary:
+            # Prosody went away without </stream:stream> (a crash, a kill, a lost stream error):
+            # say so, so the client reconnects knowingly instead of seeing a bare TLS close.
+            self._send_tls(stream_error("remote-connection-failed", "the XMPP service closed the connection"))
         if self.state is not State.CLOSED:
             self._close(reason)
 

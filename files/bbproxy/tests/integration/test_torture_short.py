@@ -89,12 +89,6 @@ def test_torture_short_loses_nothing_and_keeps_serving(
 # --------------------------------------------------------------------------- found by the run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="framing: a UTF-16 byte-order mark split across two reads is judged on its first byte "
-    "(not-well-formed) instead of waiting for the second (unsupported-encoding); the UTF-8 BOM "
-    "already waits. Found by bench/torture_fuzz.py (chunking invariance).",
-)
 @pytest.mark.parametrize("bom", [b"\xff\xfe", b"\xfe\xff"])
 def test_utf16_bom_condition_does_not_depend_on_chunking(bom: bytes) -> None:
     def first_event(chunks: list[bytes]) -> object:
@@ -143,13 +137,8 @@ class _ClosingBackend:
         self.thread.join(timeout=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session: when the backend closes the TCP connection mid-stream without "
-    "</stream:stream>, the proxy ends the client's TLS with close_notify but no stream error, so the "
-    "client cannot tell a backend failure from a clean end (issue #9: 'sessions end with a stream "
-    "error'). Seen in the torture run's Prosody restarts.",
-)
+# Found by the torture run (Prosody restarts): a backend that closes without </stream:stream>
+# must not leave the client with a bare TLS close.
 def test_backend_close_without_stream_end_gives_the_client_a_stream_error(
     proxy_factory: ProxyFactory, certs: Certs
 ) -> None:
