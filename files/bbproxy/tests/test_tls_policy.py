@@ -17,15 +17,24 @@ import trustme
 from bbproxy.tls import CertPair, build_context
 
 
-@pytest.fixture(scope="module")
-def rsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    leaf = ca.issue_cert("example.test", key_type=trustme.KeyType.RSA)
-    directory = tmp_path_factory.mktemp("rsa")
-    cert, key = directory / "rsa.crt", directory / "rsa.key"
+def issue_pair(tmp_path_factory: pytest.TempPathFactory, key_type: trustme.KeyType) -> CertPair:
+    ca = trustme.CA(key_type=key_type)
+    leaf = ca.issue_cert("example.test", key_type=key_type)
+    directory = tmp_path_factory.mktemp(key_type.name.lower())
+    cert, key = directory / "leaf.crt", directory / "leaf.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     return CertPair(Path(cert), Path(key))
+
+
+@pytest.fixture(scope="module")
+def rsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
+    return issue_pair(tmp_path_factory, trustme.KeyType.RSA)
+
+
+@pytest.fixture(scope="module")
+def ecdsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
+    return issue_pair(tmp_path_factory, trustme.KeyType.ECDSA)
 
 
 def client(version: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
@@ -123,17 +132,6 @@ def test_weak_suites_never_negotiate(rsa_pair: CertPair, weak: str, plain_rsa: b
 def test_tls12_gets_aead_even_from_a_legacy_capable_context(rsa_pair: CertPair) -> None:
     suite = handshake(build_context(rsa_pair, "1.0", plain_rsa=True), client(TLS12, "ALL"))
     assert suite is not None and ("GCM" in suite or "CHACHA20" in suite)
-
-
-@pytest.fixture(scope="module")
-def ecdsa_pair(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
-    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    leaf = ca.issue_cert("example.test", key_type=trustme.KeyType.ECDSA)
-    directory = tmp_path_factory.mktemp("ecdsa")
-    cert, key = directory / "ecdsa.crt", directory / "ecdsa.key"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return CertPair(Path(cert), Path(key))
 
 
 @pytest.mark.parametrize("version", [TLS10, TLS12], ids=["tls1.0", "tls1.2"])

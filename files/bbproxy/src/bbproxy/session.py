@@ -52,6 +52,7 @@ from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
 if TYPE_CHECKING:
+    from .config import Address
     from .server import Listener, ProxyServer
 
 log = logging.getLogger("bbproxy.session")
@@ -423,10 +424,7 @@ class ClientSession(asyncio.Protocol):
         server = self.server
         address = server.settings.tls.backend
         try:
-            async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
-                _, backend = await server.loop.create_connection(
-                    lambda: BackendConnection(self), address.host, address.port
-                )
+            backend = await self._open(address)
         except asyncio.CancelledError:
             return
         except (OSError, TimeoutError) as exc:
@@ -461,14 +459,19 @@ class ClientSession(asyncio.Protocol):
 
     # -- backend ---------------------------------------------------------------------------
 
+    async def _open(self, address: Address) -> BackendConnection:
+        """A new connection to Prosody (plaintext port, or its TLS port for a splice), bounded."""
+        async with asyncio.timeout(self.server.settings.limits.backend_connect_timeout):
+            _, backend = await self.server.loop.create_connection(
+                lambda: BackendConnection(self), address.host, address.port
+            )
+        return backend
+
     async def _connect_backend(self) -> None:
         server = self.server
         backend_addr = server.settings.backend
         try:
-            async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
-                _, backend = await server.loop.create_connection(
-                    lambda: BackendConnection(self), backend_addr.host, backend_addr.port
-                )
+            backend = await self._open(backend_addr)
         except asyncio.CancelledError:
             return
         except (OSError, TimeoutError) as exc:
