@@ -1,13 +1,19 @@
-"""ClientHello parsing on real ClientHellos (Python's ssl, openssl s_client) and hostile bytes."""
+"""ClientHello parsing on real ClientHellos and hostile bytes.
+
+Real ones: Python's ssl, openssl s_client at TLS 1.0-1.3 and slixmpp, the last two captured after
+a pre-TLS XMPP dialogue, as the proxy sees them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
 import subprocess
 import threading
 import warnings
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -91,34 +97,97 @@ def test_hello_split_over_two_records() -> None:
     assert parse_all(two_records, 64) == parse_all(data, 64)
 
 
-def test_openssl_s_client_hello_at_tls10() -> None:
-    """A hello from a different TLS stack: capture what `openssl s_client -tls1` sends."""
+def capture_hello(client: Callable[[int], object], *, xmpp: bool = False) -> bytes:
+    """The ClientHello bytes a real client sends, caught by a loopback server that does no TLS.
+
+    With ``xmpp`` the server first plays the pre-TLS dialogue (header, features, <proceed/>),
+    as bbproxy does, so XMPP clients get as far as their STARTTLS ClientHello.
+    """
+    captured = bytearray()
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         port = server.getsockname()[1]
-        captured = bytearray()
 
         def accept() -> None:
             conn, _ = server.accept()
             with conn:
                 conn.settimeout(10)
+                if xmpp:
+                    data = b""
+                    while b"<starttls" not in data and (chunk := conn.recv(4096)):
+                        data += chunk
+                        if (
+                            data.rstrip().endswith(b">")
+                            and b"<stream:stream" in data
+                            and b"features" not in data
+                        ):
+                            conn.sendall(XMPP_HEADER + XMPP_FEATURES)
+                            data += b"features"  # answered once
+                    conn.sendall(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
                 parser = ClientHelloParser()
                 while (chunk := conn.recv(4096)) and parser.feed(chunk) is None:
                     pass
-                captured.extend(parser._buf)  # the test wants the raw bytes
+                captured.extend(parser.buffered)
 
         thread = threading.Thread(target=accept)
         thread.start()
+        client(port)
+        thread.join(20)
+    return bytes(captured)
+
+
+XMPP_HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' id='c1' from='example.test' version='1.0'>"
+)
+XMPP_FEATURES = (
+    b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+    b"</stream:features>"
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "version"),
+    [("-tls1", 0x0301), ("-tls1_1", 0x0302), ("-tls1_2", 0x0303), ("-tls1_3", 0x0304)],
+)
+def test_openssl_s_client_hello_at_each_version(flag: str, version: int) -> None:
+    """A hello from a different TLS stack: what `openssl s_client -starttls xmpp` sends."""
+
+    def s_client(port: int) -> None:
         subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1",
-             "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "legacy.test"],
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-starttls", "xmpp",
+             "-xmpphost", "example.test", flag, "-cipher", "DEFAULT:@SECLEVEL=0",
+             "-servername", "legacy.test"],
             input=b"", capture_output=True, timeout=20, check=False,
         )  # fmt: skip
-        thread.join(20)
-    hello = parse_all(bytes(captured), 4096)
+
+    hello = parse_all(capture_hello(s_client, xmpp=True), 4096)
     assert hello is not None
-    assert hello.max_version == 0x0301 and hello.sni == "legacy.test"
+    assert hello.max_version == version and hello.sni == "legacy.test"
+
+
+def test_slixmpp_starttls_hello() -> None:
+    """What slixmpp (the client library the integration tests log in with) offers by default."""
+    slixmpp = pytest.importorskip("slixmpp")
+
+    def client(port: int) -> None:
+        async def run() -> None:
+            xmpp = slixmpp.ClientXMPP("alice@example.test", "not-used")
+            xmpp.enable_plaintext = False
+            xmpp.enable_direct_tls = False  # slixmpp 1.17 tries direct TLS first by default
+            xmpp.enable_starttls = True
+            xmpp.connect("127.0.0.1", port)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(xmpp.disconnected, 15)
+            xmpp.abort()
+
+        asyncio.run(run())
+
+    hello = parse_all(capture_hello(client, xmpp=True), 4096)
+    assert hello is not None
+    assert hello.max_version == 0x0304 and hello.sni == "example.test"
+    assert not any(c in hello.ciphers for c in (0x000A, 0x0005, 0x0004))  # no 3DES, no RC4
 
 
 @pytest.mark.parametrize(
