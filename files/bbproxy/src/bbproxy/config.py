@@ -24,7 +24,6 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOOPS: Final = ("auto", "asyncio", "uvloop")
 PROXY_PROTOCOLS: Final = ("off", "v1", "v2")
 TLS_ROUTINGS: Final = ("terminate-all", "legacy-only")
-DEFAULT_TLS_BACKEND: Final = "127.0.0.1:5202"
 _DOMAIN_RE: Final = re.compile(
     r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
 )
@@ -64,6 +63,9 @@ class Limits:
     )
 
 
+DEFAULT_TLS_BACKEND: Final = Address("127.0.0.1", 5202)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
     """Who gets which TLS: the proxy's own (terminate) or Prosody's (pass through).
@@ -75,7 +77,7 @@ class TlsPolicy:
     """
 
     routing: str = "terminate-all"
-    backend: Address = Address("127.0.0.1", 5202)  # DEFAULT_TLS_BACKEND
+    backend: Address = DEFAULT_TLS_BACKEND
     legacy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),

@@ -286,19 +286,20 @@ class ClientSession(asyncio.Protocol):
         if hello.sni is not None and not hello.sni.isascii():
             # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
             # even decode such a name and prints a traceback, so refuse it here, with a reason.
-            assert self.transport is not None
-            self.route = "refused"
-            self.transport.write(ALERT_ILLEGAL_PARAMETER)
-            self._log_fingerprint("handshake refused: SNI host name is not ASCII")
-            self.server.handshake_failed(self, "sni-not-ascii")
-            self._close("tls-refused: SNI host name is not ASCII")
+            self._refuse(
+                ALERT_ILLEGAL_PARAMETER,
+                "sni-not-ascii",
+                "handshake refused: SNI host name is not ASCII",
+                "SNI host name is not ASCII",
+            )
         elif legacy and not self.server.legacy_allowed(self.peer_ip):
-            assert self.transport is not None
-            self.route = "refused"
-            self.transport.write(ALERT_PROTOCOL_VERSION)
-            self._log_fingerprint("legacy TLS refused: address not in tls.legacy_networks", legacy=True)
-            self.server.handshake_failed(self, "legacy-not-allowed")
-            self._close("tls-refused: legacy TLS not allowed from this address")
+            self._refuse(
+                ALERT_PROTOCOL_VERSION,
+                "legacy-not-allowed",
+                "legacy TLS refused: address not in tls.legacy_networks",
+                "legacy TLS not allowed from this address",
+                legacy=True,
+            )
         elif legacy or policy.routing == "terminate-all":
             legacy_ctx = self.server.contexts.legacy
             if legacy and legacy_ctx is not None:
@@ -306,6 +307,15 @@ class ClientSession(asyncio.Protocol):
             self._terminate(raw)
         else:
             self._splice(raw)
+
+    def _refuse(self, alert: bytes, failure: str, what: str, reason: str, legacy: bool = False) -> None:
+        """End the handshake before any TLS state exists: a fatal alert and a fingerprint line."""
+        assert self.transport is not None
+        self.route = "refused"
+        self.transport.write(alert)
+        self._log_fingerprint(what, legacy=legacy)
+        self.server.handshake_failed(self, failure)
+        self._close(f"tls-refused: {reason}")
 
     def _terminate(self, raw: bytes) -> None:
         """Our own TLS: replay what was read into a fresh SSLObject and go on from there."""
