@@ -70,14 +70,20 @@ async def proxy(
         await server.serve_until_stopped()
 
 
-async def starttls_client(
-    port: int, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def until_proceed(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect and negotiate STARTTLS up to <proceed/>: the next bytes are the ClientHello."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(HEADER)
     await reader.readuntil(b"</stream:features>")
     writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     await reader.readuntil(PROCEED)
+    return reader, writer
+
+
+async def starttls_client(
+    port: int, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await until_proceed(port)
     await writer.start_tls(client_context(ca, version), server_hostname=DOMAIN)
     return reader, writer
 

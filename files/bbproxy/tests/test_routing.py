@@ -27,7 +27,7 @@ from bbproxy.server import ProxyServer
 from bbproxy.tls import CertPair
 
 from .helpers import client_context, free_port, run, until
-from .test_relay import DOMAIN, HEADER, PROCEED, Backend, proxy, starttls_client
+from .test_relay import DOMAIN, Backend, proxy, starttls_client, until_proceed
 
 LOOPS = ["asyncio", "uvloop"]
 TLS10, TLS12, TLS13 = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -201,11 +201,7 @@ def test_a_client_named_by_ja3_is_terminated_although_it_offers_tls13(certs: Cer
         prosody = TlsEcho(certs.prosody_ctx)
         policy = {"routing": "legacy-only", "legacy_ja3": frozenset({parsed.ja3()})}
         async with routed_proxy(certs, await prosody.start(), **policy) as (server, port, _plain):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(HEADER)
-            await reader.readuntil(b"</stream:features>")
-            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            await reader.readuntil(PROCEED)
+            reader, writer = await until_proceed(port)
             await writer.start_tls(ctx, server_hostname=DOMAIN)
             assert peer_der(writer) == certs.proxy_der
             await echo(reader, writer, b"<presence/>")
@@ -238,12 +234,8 @@ def test_a_clienthello_dripped_byte_by_byte_reaches_prosody_intact(loop_name: st
     async def scenario() -> None:
         prosody = TlsEcho(certs.prosody_ctx)
         async with routed_proxy(certs, await prosody.start(), routing="legacy-only") as (server, port, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await until_proceed(port)
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.write(HEADER)
-            await reader.readuntil(b"</stream:features>")
-            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            await reader.readuntil(PROCEED)
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             client = client_context(certs.ca, TLS13).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
             first = True
@@ -364,11 +356,7 @@ def test_a_non_ascii_sni_is_refused_with_an_alert_and_no_traceback(
 
     async def scenario() -> None:
         async with routed_proxy(certs, routing=routing) as (server, port, plain):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(HEADER)
-            await reader.readuntil(b"</stream:features>")
-            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            await reader.readuntil(PROCEED)
+            reader, writer = await until_proceed(port)
             writer.write(hello_with_sni(b"exam\xff\xfee.test"))
             answer = await asyncio.wait_for(reader.read(), 10)
             assert answer == bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F)), answer  # illegal_parameter
@@ -386,11 +374,7 @@ def test_the_same_hello_with_an_ascii_sni_is_answered(certs: Certs) -> None:
 
     async def scenario() -> None:
         async with routed_proxy(certs) as (_server, port, _plain):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(HEADER)
-            await reader.readuntil(b"</stream:features>")
-            writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            await reader.readuntil(PROCEED)
+            reader, writer = await until_proceed(port)
             writer.write(hello_with_sni(DOMAIN.encode()))
             try:
                 answer = await asyncio.wait_for(reader.read(5), 10)
