@@ -76,7 +76,9 @@ class _State(Enum):
 _WHITESPACE: Final = b" \t\r\n"
 _LT: Final = 0x3C
 _GT: Final = 0x3E
-_QUOTES: Final = (0x22, 0x27)
+# What ends a stretch of a tag: outside quotes a quote or an angle bracket; inside, that quote or '<'.
+_TAG_SCAN_RE: Final = re.compile(rb"[\"'<>]")
+_QUOTED_SCAN_RE: Final = {0x22: re.compile(rb'["<]'), 0x27: re.compile(rb"['<]")}
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _UTF16_BOMS: Final = (b"\xfe\xff", b"\xff\xfe")
 
@@ -226,28 +228,33 @@ class PreTlsParser:
         return NEED_DATA
 
     def _find_tag_end(self) -> int | None:
-        """Index of the '>' that ends the tag at buf[0], resuming the previous scan."""
+        """Index of the '>' that ends the tag at buf[0], resuming the previous scan.
+
+        A regex jumps to the next byte that matters (a quote or an angle bracket; inside a
+        quoted value, that quote or '<'), so a tag costs a few steps, not one per byte.
+        """
         buf = self._buf
         i = self._scan_pos
         quote = self._quote
-        n = len(buf)
-        while i < n:
+        while True:
+            match = (_TAG_SCAN_RE if quote is None else _QUOTED_SCAN_RE[quote]).search(buf, i)
+            if match is None:
+                self._scan_pos = len(buf)
+                self._quote = quote
+                return None
+            i = match.start()
             byte = buf[i]
             if quote is not None:
-                if byte == quote:
-                    quote = None
-                elif byte == _LT:
+                if byte == _LT:
                     raise _Malformed("not-well-formed", "'<' in an attribute value")
-            elif byte in _QUOTES:
-                quote = byte
+                quote = None
             elif byte == _GT:
                 return i
             elif byte == _LT:
                 raise _Malformed("not-well-formed", "unexpected '<' inside a tag")
+            else:
+                quote = byte
             i += 1
-        self._scan_pos = i
-        self._quote = quote
-        return None
 
     def _handle_token(self, token: bytes) -> Event | None:
         try:

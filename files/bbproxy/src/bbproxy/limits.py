@@ -29,6 +29,11 @@ def in_networks(ip: str, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+def covers_everything(networks: Iterable[Network]) -> bool:
+    """Whether ``networks`` hold every IPv4 and every IPv6 address (0.0.0.0/0 and ::/0)."""
+    return {4, 6} <= {network.version for network in networks if network.prefixlen == 0}
+
+
 class PerIpLimiter:
     """``admit(ip)`` returns None, or the reason the address is refused; ``release(ip)`` undoes it."""
 

@@ -16,7 +16,7 @@ from functools import partial
 
 from . import memory, notify
 from .config import Address, Settings
-from .limits import PerIpLimiter, in_networks
+from .limits import PerIpLimiter, covers_everything, in_networks
 from .metrics import LiveTotals, Metrics, NullMetrics
 from .metrics import serve as serve_metrics
 from .session import ClientSession
@@ -39,10 +39,11 @@ class ListenError(Exception):
 class Listener:
     address: Address
     starttls: bool  # False: direct TLS (XEP-0368)
+    # "starttls/127.0.0.1:5222": a metrics label and log field of every session, so made once.
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return f"{'starttls' if self.starttls else 'direct-tls'}/{self.address}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{'starttls' if self.starttls else 'direct-tls'}/{self.address}")
 
 
 @dataclass(slots=True)
@@ -116,6 +117,8 @@ class ProxyServer:
         self.contexts = contexts
         self.loop = loop
         self.domains = frozenset(settings.domains)
+        # The default legacy_networks (0.0.0.0/0 and ::/0) admit everyone: no address to parse.
+        self._legacy_everywhere = covers_everything(settings.tls.legacy_networks)
         self.sessions: set[ClientSession] = set()
         self.stats = Stats()
         self._servers: list[asyncio.base_events.Server] = []
@@ -150,7 +153,7 @@ class ProxyServer:
 
     def legacy_allowed(self, ip: str) -> bool:
         """Whether a client at ``ip`` may use TLS below 1.2 (tls.legacy_networks)."""
-        return in_networks(ip, self.settings.tls.legacy_networks)
+        return self._legacy_everywhere or in_networks(ip, self.settings.tls.legacy_networks)
 
     def legacy_client(self, family: str) -> None:
         self.stats.legacy_families[family] += 1
