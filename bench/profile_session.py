@@ -37,14 +37,22 @@ from run import DOMAIN, HERE, HOST, BenchError, Processes
 TOOLS = ("none", "strace", "py-spy", "perf")
 
 
+# Variants of bbproxy that leave one part out, measured in the same passes to put a price on it.
+VARIANTS = {
+    "bbproxy-direct": "direct-TLS listener (XEP-0368): no XMPP prelude before TLS",
+    "bbproxy-quiet": "--log-level warning: no per-session log lines",
+}
+
+
 class Server:
-    """bbproxy (STARTTLS) or the python-ssl baseline (direct TLS), each on a fresh port."""
+    """bbproxy (STARTTLS), a variant of it, or the python-ssl baseline (direct TLS), on a fresh port."""
 
     def __init__(self, procs: Processes, workdir: Path, args: argparse.Namespace, name: str) -> None:
         self.procs, self.workdir, self.args, self.name = procs, workdir, args, name
         self.port = run.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.proto = "starttls" if name.startswith("bbproxy") else "direct-tls"
+        starttls = name.startswith("bbproxy") and name != "bbproxy-direct"
+        self.proto = "starttls" if starttls else "direct-tls"
 
     def start(self, cert: run.Cert, echo_port: int) -> None:
         py, loop = self.args.python, self.args.loop
@@ -55,6 +63,11 @@ class Server:
                 py, "-m", "bbproxy", "--listen", f"{HOST}:{self.port}", "--backend", f"{HOST}:{echo_port}",
                 "--cert", str(cert.chain), "--key", str(cert.key), "--domain", DOMAIN, "--loop", loop,
             ]  # fmt: skip
+            if self.name == "bbproxy-direct":  # the STARTTLS listener moves to an unused port
+                argv[4] = f"{HOST}:{run.free_port()}"
+                argv += ["--direct-tls-listen", f"{HOST}:{self.port}"]
+            elif self.name == "bbproxy-quiet":
+                argv += ["--log-level", "warning"]
             pattern = "ready"
         else:
             argv = [
@@ -64,7 +77,8 @@ class Server:
             pattern = "ready"
         log = self.workdir / f"{self.name}.log"
         self.proc = self.procs.start(argv, log)
-        run.wait_for_line(log, pattern, self.proc, 20)
+        if self.name != "bbproxy-quiet":
+            run.wait_for_line(log, pattern, self.proc, 20)
         run.wait_listening(self.port, self.proc, 10)
 
     def stop(self) -> None:
@@ -128,7 +142,9 @@ def cpu_pass(procs: Processes, workdir: Path, server: Server, args: argparse.Nam
     return (cpu1 - cpu0) * 1000 / args.sessions
 
 
-def profiled_pass(procs: Processes, workdir: Path, server: Server, args: argparse.Namespace) -> str:
+def profiled_pass(
+    procs: Processes, workdir: Path, server: Server, args: argparse.Namespace, cpu_ms: float
+) -> str:
     """One pass of args.sessions with the profiler attached; returns its summary."""
     assert server.proc is not None
     pid = server.proc.pid
@@ -137,7 +153,7 @@ def profiled_pass(procs: Processes, workdir: Path, server: Server, args: argpars
         argv = ["strace", "-c", "-f", "-o", str(out), "-p", str(pid)]
     elif args.tool == "py-spy":
         argv = [str(Path(args.python).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-                "--rate", "400", "--output", str(out), "--nonblocking"]  # fmt: skip
+                "--rate", "1000", "--output", str(out), "--nonblocking"]  # fmt: skip
     else:
         argv = ["perf", "record", "-F", "999", "-g", "-o", str(out), "-p", str(pid)]
     tool = procs.start(argv, workdir / f"{args.tool}.log")
@@ -152,7 +168,7 @@ def profiled_pass(procs: Processes, workdir: Path, server: Server, args: argpars
         return strace_summary(out.read_text(), args.sessions)
     if args.tool == "py-spy":
         return pyspy_summary(out.read_text(), args.top)
-    return perf_summary(out, args.top)
+    return perf_summary(out, args.top, cpu_ms)
 
 
 def strace_summary(text: str, sessions: int) -> str:
@@ -192,23 +208,25 @@ def pyspy_summary(text: str, top: int) -> str:
     return "\n".join(lines)
 
 
-def perf_summary(data: Path, top: int) -> str:
-    report = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    syms = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio", "-g", "none"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    keep = [ln for ln in report.splitlines() if ln.strip() and not ln.startswith("#")][:top]
-    keep.append("top symbols:")
-    keep += [ln for ln in syms.splitlines() if ln.strip() and not ln.startswith("#")][:top]
-    return "\n".join(keep)
+def perf_summary(data: Path, top: int, cpu_ms: float) -> str:
+    """CPU by library (share, and ms per session from the plain passes' median), then top symbols."""
+
+    def report(sort: str) -> list[str]:
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio", "-g", "none"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+    lines = []
+    for line in report("dso")[:top]:
+        share, _, dso = line.strip().partition("%")
+        lines.append(f"  {float(share):5.1f} %  {cpu_ms * float(share) / 100:.3f} ms  {dso.strip()}")
+    lines.append("top symbols:")
+    lines += report("dso,sym")[:top]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -223,8 +241,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--clients", type=int, default=2, help="load generator processes")
     parser.add_argument("--tool", choices=TOOLS, default="none")
+    parser.add_argument("--profile", default="bbproxy", help="comma list of servers to profile")
     parser.add_argument("--top", type=int, default=25, help="rows of each profile listing")
     parser.add_argument("--no-baseline", action="store_true", help="bbproxy only, no python-ssl")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also bbproxy without each optional part: "
+        + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+    )
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument(
         "--compare",
@@ -242,6 +267,8 @@ def main() -> int:
     names = ["bbproxy"] if args.no_baseline else ["bbproxy", "python-ssl"]
     if args.compare:
         names.insert(1, "bbproxy-other")
+    if args.variants:
+        names[1:1] = VARIANTS
     with tempfile.TemporaryDirectory(prefix="bbproxy-profile-") as tmp:
         workdir = Path(tmp)
         try:
@@ -263,13 +290,14 @@ def main() -> int:
                 med = sorted(values)[len(values) // 2]
                 print(f"  {name:<11} {' '.join(f'{v:.3f}' for v in values)}; {med:.3f}")
             medians = {name: sorted(v)[len(v) // 2] for name, v in cpu.items()}
-            for name in ("bbproxy-other", "python-ssl"):
+            for name in ("bbproxy-other", *VARIANTS, "python-ssl"):
                 if name in medians:
                     bb, other = medians["bbproxy"], medians[name]
                     print(f"  bbproxy - {name} = {bb - other:+.3f} ms; bbproxy / {name} = {bb / other:.2f}")
             if args.tool != "none":
-                print(f"\n{args.tool}, bbproxy, one pass of {args.sessions} sessions:")
-                print(profiled_pass(procs, workdir, servers["bbproxy"], args))
+                for name in args.profile.split(","):
+                    print(f"\n{args.tool}, {name}, one pass of {args.sessions} sessions:")
+                    print(profiled_pass(procs, workdir, servers[name], args, medians[name]))
         except BenchError as exc:
             print(f"profile: {exc}", file=sys.stderr)
             return 1

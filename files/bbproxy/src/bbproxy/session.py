@@ -411,14 +411,17 @@ class ClientSession(asyncio.Protocol):
         if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
             self.transport.write(self._outgoing.read())
 
-    def _send_tls(self, data: bytes) -> None:
+    def _send_tls(self, data: bytes, flush: bool = True) -> None:
+        """Encrypt ``data`` for the client; ``flush=False`` when _close() follows and sends it
+        together with our close_notify, in one write."""
         assert self._sslobj is not None
         try:
             self._sslobj.write(data)
         except (ssl.SSLError, OSError) as exc:
             self._close(f"tls-error: {_describe(exc)}")
             return
-        self._flush_tls()
+        if flush:
+            self._flush_tls()
 
     # -- pass-through to Prosody's own TLS ----------------------------------------------------
 
@@ -529,7 +532,8 @@ class ClientSession(asyncio.Protocol):
             domain = self.negotiation.domain if self.negotiation else None
             self._send_tls(
                 stream_header(domain)
-                + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again")
+                + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again"),
+                flush=False,
             )
             self._close(self.close_reason)
 
@@ -550,7 +554,10 @@ class ClientSession(asyncio.Protocol):
         if self.state is State.RELAY and not self._backend_ended and self._down_at_boundary:
             # Prosody went away without </stream:stream> (a crash, a kill, a lost stream error):
             # say so, so the client reconnects knowingly instead of seeing a bare TLS close.
-            self._send_tls(stream_error("remote-connection-failed", "the XMPP service closed the connection"))
+            self._send_tls(
+                stream_error("remote-connection-failed", "the XMPP service closed the connection"),
+                flush=False,
+            )
         if self.state is not State.CLOSED:
             self._close(reason)
 
@@ -569,7 +576,7 @@ class ClientSession(asyncio.Protocol):
             if self.backend is not None and self._up_at_boundary and not self._half_closed:
                 self.backend.write(STREAM_CLOSE)
             if self._down_at_boundary:
-                self._send_tls(stream_error(condition, text))
+                self._send_tls(stream_error(condition, text), flush=False)
         self._close("server-shutdown")
 
     def _finish(self) -> None:
