@@ -200,13 +200,17 @@ class ClientSession(asyncio.Protocol):
         elif state is State.SPLICING:
             self._early += data  # reading is paused while connecting: at most one read
         elif state is not State.CLOSED and self._incoming is not None and not self._half_closed:
-            # While the backend connects, records wait here still encrypted (reading is
-            # paused meanwhile, so at most one read's worth): nothing is lost, nothing grows.
             self._incoming.write(data)
             if state is State.HANDSHAKE:
                 self._continue_handshake()
             elif state is State.RELAY or state is State.UNAVAILABLE:
                 self._read_tls()
+            elif state is State.CONNECTING:
+                # Records that arrive while the backend connects wait here, still encrypted,
+                # and reading stops until it is up: at most one read's worth, nothing grows.
+                # (Pausing only now spares two syscalls when nothing comes meanwhile.)
+                assert self.transport is not None
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.state is State.RELAY or self.state is State.SPLICE:
@@ -364,8 +368,6 @@ class ClientSession(asyncio.Protocol):
         self._hello = None
         self.server.handshake_done(self)
         self.state = State.CONNECTING
-        assert self.transport is not None
-        self.transport.pause_reading()  # until the backend can take the bytes
         self._task = self.server.loop.create_task(self._connect_backend())
 
     def _read_tls(self) -> None:
