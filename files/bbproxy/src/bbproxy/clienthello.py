@@ -29,6 +29,10 @@ _EXT_GROUPS: Final = 10
 _EXT_POINT_FORMATS: Final = 11
 _EXT_ALPN: Final = 16
 _EXT_SUPPORTED_VERSIONS: Final = 43
+_EXT_READ: Final = frozenset(
+    {_EXT_SERVER_NAME, _EXT_GROUPS, _EXT_POINT_FORMATS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS}
+)
+_EXT_HEADER: Final = struct.Struct("!HH")  # extension type, data length
 _HANDSHAKE: Final = 0x16
 _CLIENT_HELLO: Final = 1
 
@@ -186,7 +190,12 @@ class _Reader:
         return chunk
 
     def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
+        end = self.pos + n
+        if end > len(self.data):
+            raise ClientHelloError("truncated ClientHello")
+        value = int.from_bytes(self.data[self.pos : end], "big")
+        self.pos = end
+        return value
 
     def vector(self, length_bytes: int) -> bytes:
         return self.take(self.uint(length_bytes))
@@ -216,11 +225,19 @@ def parse_client_hello(body: bytes) -> ClientHello:
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     if not r.done():
-        ext = _Reader(r.vector(2))
-        while not ext.done():
-            ext_type = ext.uint(2)
-            data = _Reader(ext.vector(2))
+        block = r.vector(2)
+        pos, end = 0, len(block)
+        while pos < end:  # type, length, data; a _Reader only for the few extensions read
+            if pos + 4 > end:
+                raise ClientHelloError("truncated ClientHello")
+            ext_type, length = _EXT_HEADER.unpack_from(block, pos)
+            pos += 4 + length
+            if pos > end:
+                raise ClientHelloError("truncated ClientHello")
             extensions.append(ext_type)
+            if ext_type not in _EXT_READ:
+                continue
+            data = _Reader(block[pos - length : pos])
             if ext_type == _EXT_GROUPS:
                 groups = _u16_list(data.vector(2))
             elif ext_type == _EXT_POINT_FORMATS:
@@ -241,7 +258,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
                 alpn = tuple(found)
     return ClientHello(
         legacy_version=legacy_version,
-        supported_versions=tuple(v for v in versions if not is_grease(v)),
+        supported_versions=tuple([v for v in versions if v not in _GREASE]),
         ciphers=ciphers,
         extensions=tuple(extensions),
         groups=groups,
