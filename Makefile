@@ -40,7 +40,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
 	torture security
 
 help:
@@ -55,6 +55,7 @@ help:
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
 	@echo "  make molecule-federation  molecule test: two servers federating over s2s TLS"
+	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 	@echo "make torture          floods, hostile input, faults vs a real Prosody, < 10 min (TORTURE_ARGS=--short)"
 	@echo "make security         testssl.sh policy check of a local proxy (docs/security.md), ~2 min"
@@ -128,7 +129,7 @@ endef
 
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
-PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests scripts bench)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle scripts bench)
 SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
@@ -178,11 +179,16 @@ molecule-trixie: venv image-trixie
 molecule-federation: venv image
 	$(BIN)/molecule test -s federation
 
+# The role's lifecycle on Debian 12: upgrade from an older build, re-runs after a failed run, a
+# killed run and an interrupted apt, bbproxy_state absent (Prosody on its own TLS), reinstall.
+molecule-lifecycle: venv image
+	$(BIN)/molecule test -s lifecycle
+
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
 # summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes and
 # the two-server federation scenario about 6; skip them locally with:
 # make test TEST_LAYERS="lint test-python molecule"
-TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation
+TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation molecule-lifecycle
 test: deps venv
 	@failed=""; summary=""; start_all=$$SECONDS; \
 	for layer in $(TEST_LAYERS); do \

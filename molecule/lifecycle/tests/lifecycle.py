@@ -1,0 +1,160 @@
+"""Helpers for the lifecycle checks: running site.yml against the scenario's container from a
+check (through Molecule's own inventory and ansible.cfg), and what the proxy's journal says.
+
+The checks run in file order and each phase starts from the state the previous one left: the
+scenario runs pytest with -x, so a failed phase stops the rest instead of failing them for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import REPO, run_ok
+
+SITE = REPO / "site.yml"
+WHEEL_TOOL = REPO / "molecule" / "lifecycle" / "wheel.py"
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+# The proxy's start-up line (cli.py): one per start, with the version that started.
+STARTING = re.compile(r"\bbbproxy (\S+) starting on the ")
+RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RESTART_MARKER = "/var/lib/bbproxy/restart-pending"
+WHEEL_DIR = "/opt/bbproxy/wheels"
+WHEEL_STAMP = "/opt/bbproxy/venv/bbproxy-wheel.sha1"
+PLAYBOOK_TIMEOUT = 900
+
+
+def source_version() -> str:
+    """The version of the checkout's bbproxy: what site.yml builds and installs by default."""
+    text = (REPO / "files" / "bbproxy" / "src" / "bbproxy" / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    assert match, "no __version__ in files/bbproxy/src/bbproxy/__init__.py"
+    return match.group(1)
+
+
+def build_wheel(version: str) -> Path:
+    """A wheel of this checkout numbered VERSION, in Molecule's scratch directory."""
+    dest = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "wheels"
+    done = subprocess.run(
+        [sys.executable, str(WHEEL_TOOL), version, str(dest)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"building the {version} wheel failed:\n{done.stdout}{done.stderr}")
+    return Path(done.stdout.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaybookRun:
+    rc: int
+    changed: int
+    failed: int
+    output: str
+
+    def describe(self) -> str:
+        return f"site.yml exited {self.rc} (changed={self.changed}, failed={self.failed}):\n{self.output[-6000:]}"
+
+
+def _command(extra_vars: dict[str, Any]) -> list[str]:
+    if not os.environ.get("MOLECULE_INVENTORY_FILE"):
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run these checks through `molecule verify`")
+    return [
+        str(ANSIBLE_PLAYBOOK), "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SITE),
+        "--extra-vars", json.dumps(extra_vars),
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    # Molecule's environment (ANSIBLE_CONFIG, roles path) reaches us through the verifier; its
+    # colours would only get in the way of reading the recap.
+    return dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+
+
+def _result(rc: int, output: str) -> PlaybookRun:
+    output = ANSI.sub("", output)
+    recaps = RECAP.findall(output)
+    changed = sum(int(r[1]) for r in recaps)
+    failed = sum(int(r[3]) + int(r[2]) for r in recaps)
+    return PlaybookRun(rc=rc, changed=changed, failed=failed, output=output)
+
+
+def run_site(extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
+    """ansible-playbook site.yml against the container, as an operator would run it."""
+    done = subprocess.run(
+        _command(extra_vars or {}), env=_env(), capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False
+    )
+    return _result(done.returncode, done.stdout + done.stderr)
+
+
+def run_site_killed_when(host: Any, check: str, extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
+    """Start site.yml and SIGKILL it (its whole process group: forks, podman exec) as soon as the
+    shell command CHECK succeeds in the container, like a controller that crashes or an SSH session
+    that drops at that moment."""
+    process = subprocess.Popen(
+        _command(extra_vars or {}),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + PLAYBOOK_TIMEOUT
+    killed = False
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if host.run(check).rc == 0:
+                os.killpg(process.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None and not killed:
+            os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    if not killed:
+        pytest.fail(f"`{check}` never succeeded in the container, so the run was not interrupted:\n{output[-6000:]}")
+    return _result(process.returncode, output)
+
+
+def expect_ok(run: PlaybookRun) -> PlaybookRun:
+    if run.rc != 0 or run.failed:
+        pytest.fail(run.describe())
+    return run
+
+
+def journal_cursor(host: Any) -> str:
+    last = run_ok(host, "journalctl -n 1 --show-cursor --no-pager -o cat").splitlines()[-1]
+    assert last.startswith("-- cursor: "), last
+    return last.removeprefix("-- cursor: ")
+
+
+def proxy_starts(host: Any, cursor: str) -> list[str]:
+    """The versions the proxy started as since CURSOR, in order (its start-up log line)."""
+    text = run_ok(host, f"journalctl -u bbproxy --no-pager -o cat --after-cursor {shlex.quote(cursor)}")
+    return STARTING.findall(text)
+
+
+def installed_version(host: Any) -> str:
+    """The bbproxy version installed in the proxy's virtualenv (not necessarily the one running)."""
+    command = "/opt/bbproxy/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"bbproxy\"))'"
+    return run_ok(host, command).strip()
+
+
+def running_version(host: Any) -> str:
+    """The version the running proxy process started as: its latest start-up line."""
+    text = run_ok(host, "journalctl -u bbproxy --no-pager -o cat")
+    starts = STARTING.findall(text)
+    assert starts, "the proxy never logged a start"
+    assert host.service("bbproxy").is_running, "bbproxy is not running"
+    return str(starts[-1])
