@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser, is_grease
+from bbproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser, fingerprint, is_grease
 from bbproxy.tls import cipher_string
 
 
@@ -63,6 +63,17 @@ def test_tls10_hello_from_python() -> None:
     assert 0xC013 in hello.ciphers  # ECDHE-RSA-AES128-SHA
     assert "versions=TLSv1 " in hello.summary()
     assert len(hello.ja3()) == 32
+
+
+def test_fingerprint_is_ja3_and_summary_shared_by_equal_hellos() -> None:
+    # Two handshakes of one device: different random and session id, the same fingerprint.
+    data = [python_hello(ssl.TLSVersion.TLSv1) for _ in range(2)]
+    first, second = (parse_all(d, 4096) for d in data)
+    assert data[0] != data[1] and first is not None and second is not None and first is not second
+    assert fingerprint(first) == (first.ja3(), first.summary())
+    assert fingerprint(second) is fingerprint(first)
+    other = parse_all(python_hello(ssl.TLSVersion.TLSv1, sni="other.test"), 4096)
+    assert other is not None and fingerprint(other)[1] != fingerprint(first)[1]
 
 
 def test_tls13_hello_names_every_offered_version_and_groups() -> None:

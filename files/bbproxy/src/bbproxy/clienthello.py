@@ -10,6 +10,7 @@ who is passed through to Prosody's. Bounded in size; any malformed input is a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -98,6 +99,18 @@ class ClientHello:
             f"alpn={','.join(_safe(p) for p in self.alpn) or '-'} groups={_hex_list(self.groups)} "
             f"ja3={ja3 or self.ja3()}"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def fingerprint(hello: ClientHello) -> tuple[str, str]:
+    """``(ja3, summary)`` of a ClientHello, cached by value.
+
+    A device sends the same ClientHello every time (the random and the session id are not kept
+    in :class:`ClientHello`), so each kind of device is hashed and formatted once, not on every
+    legacy handshake it makes. Bounded: a client making up new hellos only evicts entries.
+    """
+    ja3 = hello.ja3()
+    return ja3, hello.summary(ja3)
 
 
 def _version_name(value: int) -> str:

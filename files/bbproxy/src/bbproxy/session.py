@@ -47,7 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
 from . import proxy_protocol
-from .clienthello import ClientHello, ClientHelloError, ClientHelloParser
+from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, fingerprint
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
@@ -285,7 +285,7 @@ class ClientSession(asyncio.Protocol):
 
     def _route(self, hello: ClientHello, raw: bytes) -> None:
         policy = self.server.settings.tls
-        named = bool(policy.legacy_ja3) and hello.ja3() in policy.legacy_ja3
+        named = bool(policy.legacy_ja3) and fingerprint(hello)[0] in policy.legacy_ja3
         legacy = hello.max_version < _TLS_1_2 or named
         if hello.sni is not None and not hello.sni.isascii():
             # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
@@ -337,8 +337,8 @@ class ClientSession(asyncio.Protocol):
     def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
         hello = self._hello
         if isinstance(hello, ClientHello):
-            ja3 = hello.ja3()
-            log.info("conn=%d %s: %s", self.conn_id, what, hello.summary(ja3))
+            ja3, summary = fingerprint(hello)
+            log.info("conn=%d %s: %s", self.conn_id, what, summary)
             if legacy:
                 self.server.legacy_client(hello.family(ja3))
         elif isinstance(hello, str):
