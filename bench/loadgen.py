@@ -141,11 +141,13 @@ def recv_until(sock: socket.socket, pattern: re.Pattern[bytes], limit: int = 655
         yield from recv_into_buffer(sock, buf)
 
 
-def recv_exact(sock: socket.socket, size: int) -> Wait:
-    got = 0
-    while got < size:
+def recv_echo(sock: socket.socket, sent: bytes) -> Wait:
+    """Read back len(sent) bytes; anything but the same bytes (e.g. the proxy's stream error when
+    its backend is down, which can be just as long) fails the session."""
+    buf = bytearray()
+    while len(buf) < len(sent):
         try:
-            chunk = sock.recv(size - got)
+            chunk = sock.recv(len(sent) - len(buf))
         except (BlockingIOError, ssl.SSLWantReadError):
             yield sock.fileno(), R
             continue
@@ -154,7 +156,10 @@ def recv_exact(sock: socket.socket, size: int) -> Wait:
             continue
         if not chunk:
             raise SessionError("closed by server")
-        got += len(chunk)
+        buf += chunk
+    if buf != sent:
+        error = STREAM_ERROR.search(buf)
+        raise SessionError(f"stream error {error.group(1).decode()}" if error else "echo differs")
 
 
 def establish(cfg: dict[str, Any], ctx: ssl.SSLContext | None, holder: list[socket.socket]) -> Wait:
@@ -202,7 +207,7 @@ def session(cfg: dict[str, Any], ctx: ssl.SSLContext | None, stanza: bytes, keep
         sock = yield from establish(cfg, ctx, holder)
         if stanza:
             yield from send_all(sock, stanza)
-            yield from recv_exact(sock, len(stanza))
+            yield from recv_echo(sock, stanza)
     except BaseException:
         if holder:
             holder[0].close()
