@@ -316,8 +316,9 @@ class ClientSession(asyncio.Protocol):
         """End the handshake before any TLS state exists: a fatal alert and a fingerprint line."""
         assert self.transport is not None
         self.route = "refused"
-        self.transport.write(alert)
+        # The line first: whoever sees the alert (an operator's test client) finds it logged.
         self._log_fingerprint(what, legacy=legacy)
+        self.transport.write(alert)
         self.server.handshake_failed(self, failure)
         self._close(f"tls-refused: {reason}")
 
