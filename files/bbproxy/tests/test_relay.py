@@ -315,6 +315,53 @@ def test_proxy_protocol_header_names_the_client(
     run("asyncio", scenario)
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_backend_that_never_answers_ends_the_session_with_a_stream_error(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """A backend that accepts and reads but never sends (hung, overloaded) is not waited on forever."""
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=False)
+        async with proxy(pair, await backend.start(), backend_answer_timeout=0.3) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(HEADER)
+            answer = await asyncio.wait_for(reader.read(), DEADLINE)  # up to the proxy's close
+            assert b"<stream:stream" in answer
+            assert b"<remote-connection-failed" in answer and answer.endswith(b"</stream:stream>"), answer
+            await until(lambda: not server.sessions, "the session released")
+            assert backend.count == len(HEADER)  # the header did reach the backend
+            assert server.stats.backend_failures == 1
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_backend_that_answered_may_then_stay_quiet(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """backend_answer_timeout is about the first answer only: an idle session after it stays up."""
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=True)
+        async with proxy(pair, await backend.start(), backend_answer_timeout=0.2) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(HEADER)
+            assert await asyncio.wait_for(reader.readexactly(len(HEADER)), DEADLINE) == HEADER
+            await asyncio.sleep(0.6)  # three timeouts of silence: nothing may end the session
+            assert len(server.sessions) == 1
+            writer.write(b"<presence/>")
+            assert await asyncio.wait_for(reader.readexactly(len(b"<presence/>")), DEADLINE) == b"<presence/>"
+            writer.close()
+            backend.close()
+
+    run(loop_name, scenario)
+
+
 # asyncio only: the client half-closes the TCP socket under its TLS, which uvloop's socket
 # wrapper does not offer; the proxy side is the same code on both loops.
 @pytest.mark.parametrize("loop_name", ["asyncio"])

@@ -49,6 +49,9 @@ class Limits:
     pre_tls_max_bytes: int = 8192
     handshake_timeout: float = 30.0
     backend_connect_timeout: float = 10.0
+    # From the client's first bytes relayed to the backend until the backend's first answer: a
+    # backend that accepts but never speaks (hung, overloaded) ends the session with a stream error.
+    backend_answer_timeout: float = 30.0
     # On SIGTERM: how long live sessions may go on before system-shutdown ends them.
     shutdown_grace: float = 30.0
     # After a client stops sending (TCP FIN or close_notify): how long Prosody gets to finish

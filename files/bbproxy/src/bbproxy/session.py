@@ -393,6 +393,11 @@ class ClientSession(asyncio.Protocol):
                 return
             else:
                 assert self.backend is not None
+                if self.bytes_up == 0 and self.bytes_down == 0:
+                    # The client's stream header: Prosody answers it at once, or it never will.
+                    self._timer = self.server.loop.call_later(
+                        self.server.settings.limits.backend_answer_timeout, self._backend_silent
+                    )
                 self.bytes_up += len(chunk)
                 self._up_at_boundary = chunk[-1] == _GT
                 self.backend.write(chunk)
@@ -548,10 +553,25 @@ class ClientSession(asyncio.Protocol):
             self.bytes_down += len(data)
             self.transport.write(data)
         elif self.state is State.RELAY:
+            if self.bytes_down == 0 and not self._half_closed:
+                self._cancel_timer()  # the backend answered (a half-close has its own timer)
             self.bytes_down += len(data)
             self._down_at_boundary = data[-1] == _GT
             self._backend_ended = data.endswith(STREAM_CLOSE)
             self._send_tls(data)
+
+    def _backend_silent(self) -> None:
+        self._timer = None
+        if self.state is State.RELAY and self.bytes_down == 0:
+            timeout = self.server.settings.limits.backend_answer_timeout
+            backend = self.server.settings.backend
+            log.warning("conn=%d backend %s accepted, said nothing in %.0fs", self.conn_id, backend, timeout)
+            self.server.backend_failed()
+            domain = self.negotiation.domain if self.negotiation else None
+            # Nothing came from Prosody, not even its stream header: the error opens a stream.
+            error = stream_error("remote-connection-failed", "the XMPP service did not answer")
+            self._send_tls(stream_header(domain) + error, flush=False)
+            self._close(f"backend-silent: no answer in {timeout:.0f}s")
 
     def backend_closed(self, reason: str) -> None:
         if self.state is State.RELAY and not self._backend_ended and self._down_at_boundary:
