@@ -3,7 +3,8 @@
 #   make demo        build a local systemd Debian container, provision it with site.yml,
 #                    show a TLS 1.0 client logging in through the proxy   (make demo-clean)
 #   make test        apt packages (when root) + pinned venv, then every test layer:
-#                    lint, Python tests, molecule test on Debian 12 and on Debian 13
+#                    lint, Python tests, molecule test on Debian 12 and 13, two federating
+#                    servers and the role's lifecycle (upgrade, faults, removal)
 #
 # Run `make help` for the single layers. Everything container-related needs root (privileged
 # systemd containers); see docs/testing.md.
