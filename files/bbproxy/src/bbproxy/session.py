@@ -537,13 +537,14 @@ class ClientSession(asyncio.Protocol):
     def _refuse_unavailable(self) -> None:
         self._timer = None
         if self.state is State.UNAVAILABLE:
-            domain = self.negotiation.domain if self.negotiation else None
-            self._send_tls(
-                stream_header(domain)
-                + stream_error("remote-connection-failed", "the XMPP service is unavailable, try again"),
-                flush=False,
-            )
-            self._close(self.close_reason)
+            self._fail_unanswered("the XMPP service is unavailable, try again", self.close_reason)
+
+    def _fail_unanswered(self, text: str, reason: str) -> None:
+        """remote-connection-failed to a client Prosody never answered: our own stream header opens
+        the stream the error ends, sent with our close_notify in one write."""
+        domain = self.negotiation.domain if self.negotiation else None
+        self._send_tls(stream_header(domain) + stream_error("remote-connection-failed", text), flush=False)
+        self._close(reason)
 
     # -- relay, called by the backend side ----------------------------------------------
 
@@ -567,11 +568,8 @@ class ClientSession(asyncio.Protocol):
             backend = self.server.settings.backend
             log.warning("conn=%d backend %s accepted, said nothing in %.0fs", self.conn_id, backend, timeout)
             self.server.backend_failed()
-            domain = self.negotiation.domain if self.negotiation else None
-            # Nothing came from Prosody, not even its stream header: the error opens a stream.
-            error = stream_error("remote-connection-failed", "the XMPP service did not answer")
-            self._send_tls(stream_header(domain) + error, flush=False)
-            self._close(f"backend-silent: no answer in {timeout:.0f}s")
+            reason = f"backend-silent: no answer in {timeout:.0f}s"
+            self._fail_unanswered("the XMPP service did not answer", reason)
 
     def backend_closed(self, reason: str) -> None:
         if self.state is State.RELAY and not self._backend_ended and self._down_at_boundary:
