@@ -334,6 +334,10 @@ def test_a_backend_that_never_answers_ends_the_session_with_a_stream_error(
             assert backend.count == len(HEADER)  # the header did reach the backend
             assert server.stats.backend_failures == 1
             writer.close()
+            # The proxy keeps serving: the next client still gets STARTTLS and TLS.
+            _, second = await starttls_client(port, ca)
+            assert second.get_extra_info("ssl_object").version() == "TLSv1"
+            second.close()
             backend.close()
 
     run(loop_name, scenario)
