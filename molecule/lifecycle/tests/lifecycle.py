@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from support import REPO, run_ok
+from support import REPO, LoginCheck, run_ok
 
 SITE = REPO / "site.yml"
 WHEEL_TOOL = REPO / "molecule" / "lifecycle" / "wheel.py"
@@ -158,3 +158,17 @@ def running_version(host: Any) -> str:
     assert starts, "the proxy never logged a start"
     assert host.service("bbproxy").is_running, "bbproxy is not running"
     return str(starts[-1])
+
+
+def converges_to(host: Any, login_check: LoginCheck, expected: str, extra_vars: dict[str, Any], cursor: str) -> None:
+    """After an interrupted run, the next one (with EXTRA_VARS) brings the proxy to build EXPECTED:
+    started exactly once since CURSOR, nothing left pending, users log in; the run after that
+    changes nothing."""
+    expect_ok(run_site(extra_vars))
+    assert proxy_starts(host, cursor) == [expected]
+    assert installed_version(host) == running_version(host) == expected
+    assert not host.file(RESTART_MARKER).exists
+    result = login_check("1.0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = expect_ok(run_site(extra_vars))
+    assert again.changed == 0, again.describe()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifecycle import build_wheel, expect_ok, installed_version, journal_cursor, proxy_starts, run_site, running_version
+from lifecycle import build_wheel, converges_to, installed_version, journal_cursor, run_site
 from support import LoginCheck, run_ok
 
 NEWER = "0.1.1.dev1"
@@ -26,10 +26,5 @@ def test_a_failed_run_then_a_corrected_one_converges(host: Any, login_check: Log
     result = login_check("1.0")
     assert result.returncode == 0, f"the proxy stopped serving after the failed run:\n{result.stdout}{result.stderr}"
 
-    expect_ok(run_site({"bbproxy_package_wheel": wheel}))
     # Whether the failed run's forced handlers or the corrected run restarted it: once, into NEWER.
-    assert proxy_starts(host, cursor) == [NEWER]
-    assert running_version(host) == NEWER
-
-    again = expect_ok(run_site({"bbproxy_package_wheel": wheel}))
-    assert again.changed == 0, again.describe()
+    converges_to(host, login_check, NEWER, {"bbproxy_package_wheel": wheel}, cursor)

@@ -20,11 +20,9 @@ from lifecycle import (
     WHEEL_DIR,
     WHEEL_STAMP,
     build_wheel,
-    expect_ok,
+    converges_to,
     installed_version,
     journal_cursor,
-    proxy_starts,
-    run_site,
     run_site_killed_when,
     running_version,
     source_version,
@@ -35,17 +33,6 @@ AFTER_TEST_20 = "0.1.1.dev1"  # test_20 left this build running
 NEXT = "0.1.2.dev1"
 
 
-def recovers(host: Any, login_check: LoginCheck, expected: str, extra_vars: dict[str, Any], cursor: str) -> None:
-    expect_ok(run_site(extra_vars))
-    assert proxy_starts(host, cursor) == [expected]
-    assert installed_version(host) == running_version(host) == expected
-    assert not host.file(RESTART_MARKER).exists
-    result = login_check("1.0")
-    assert result.returncode == 0, result.stdout + result.stderr
-    again = expect_ok(run_site(extra_vars))
-    assert again.changed == 0, again.describe()
-
-
 def test_killed_after_copying_the_wheel(host: Any, login_check: LoginCheck) -> None:
     assert running_version(host) == AFTER_TEST_20
     cursor = journal_cursor(host)
@@ -53,7 +40,7 @@ def test_killed_after_copying_the_wheel(host: Any, login_check: LoginCheck) -> N
     copied = f"{WHEEL_DIR}/bbproxy-{source_version()}-py3-none-any.whl"
     run_site_killed_when(host, f"test -e {shlex.quote(copied)}")
     assert installed_version(host) == AFTER_TEST_20, "the killed run got as far as installing the wheel"
-    recovers(host, login_check, source_version(), {}, cursor)
+    converges_to(host, login_check, source_version(), {}, cursor)
 
 
 def test_killed_after_installing_the_wheel(host: Any, login_check: LoginCheck) -> None:
@@ -66,4 +53,4 @@ def test_killed_after_installing_the_wheel(host: Any, login_check: LoginCheck) -
     assert installed_version(host) == NEXT
     assert running_version(host) == source_version(), "the killed run restarted the proxy: nothing was interrupted"
     assert host.file(RESTART_MARKER).exists, "the killed run left no record of the restart it owed"
-    recovers(host, login_check, NEXT, {"bbproxy_package_wheel": str(wheel)}, cursor)
+    converges_to(host, login_check, NEXT, {"bbproxy_package_wheel": str(wheel)}, cursor)
