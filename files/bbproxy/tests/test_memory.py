@@ -1,9 +1,13 @@
-"""Memory handed back to the OS after a mass close (glibc malloc_trim), in-process."""
+"""Memory handed back to the OS after a mass close (glibc malloc_trim), in-process; relay buffers
+kept for reuse in between (mallopt), in a child process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import trustme
@@ -52,3 +56,57 @@ def test_a_mass_close_triggers_one_trim_and_small_churn_none(
     run("asyncio", scenario)
     if memory.available():
         assert "sessions closed since the peak of 6: RSS" in caplog.text
+
+
+_CHURN = """
+import resource, sys
+from bbproxy import memory
+if sys.argv[1] == "tuned" and not memory.tune_for_relay():
+    sys.exit(3)
+def relay_read():  # what one busy read does: a few 256 KiB buffers, freed a moment later
+    buffers = [b"x" * (256 * 1024) for _ in range(8)]
+    del buffers
+relay_read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):
+    relay_read()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _page_faults_of_relay_reads(mode: str, env: dict[str, str] | None = None) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", _CHURN, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if result.returncode == 3:
+        pytest.skip("this libc has no mallopt (not glibc)")
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def test_tuned_malloc_reuses_relay_buffers_instead_of_faulting_them_in_again() -> None:
+    if not memory.available():
+        pytest.skip("glibc only")
+    untuned = _page_faults_of_relay_reads("plain")
+    tuned = _page_faults_of_relay_reads("tuned")
+    # 200 reads x 2 MiB: glibc's defaults give most of it back to the kernel after each read.
+    assert untuned > 200 * 64, f"the default malloc did not churn here ({untuned} faults)"
+    assert tuned < untuned / 20, f"{tuned} page faults tuned against {untuned} untuned"
+
+
+def test_operator_malloc_tunables_are_left_alone() -> None:
+    env = {"MALLOC_TRIM_THRESHOLD_": "131072"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from bbproxy import memory; print(memory.tune_for_relay())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=True,
+    )
+    assert result.stdout.strip() == "False"

@@ -7,6 +7,7 @@ its sessions and buffers; the clients are real TLS clients over real sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -413,5 +414,57 @@ def test_drain_ends_a_half_closed_session_cleanly(
             server.request_stop()  # the context manager's exit drains: it must not raise
         writer.close()
         backend.close()
+
+    run(loop_name, scenario)
+
+
+async def memory_bio_client(
+    port: int, ca: trustme.CA
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS 1.0 client whose records the test assembles itself, to send several in one segment."""
+    reader, writer = await until_proceed(port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(ca, ssl.TLSVersion.TLSv1).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            writer.write(outgoing.read())
+            incoming.write(await reader.read(65536))
+    writer.write(outgoing.read())
+    return tls, outgoing, reader, writer
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("tail", ["close_notify", "bad-record"])
+def test_records_that_arrive_with_the_end_reach_the_backend_first(
+    loop_name: str, tail: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """Many records, then the client's close_notify (or a record that fails its MAC check), in one
+    TCP write: every record before the end reaches the backend, in order, then the backend's EOF."""
+    ca, pair = ca_and_pair
+    stanzas = [b"<message id='%d'>%s</message>" % (i, os.urandom(3000).hex().encode()) for i in range(40)]
+
+    async def scenario() -> None:
+        backend = Backend(echo=False)
+        async with proxy(pair, await backend.start()) as (server, port):
+            tls, outgoing, _reader, writer = await memory_bio_client(port, ca)
+            for stanza in stanzas:
+                tls.write(stanza)  # one record each (6 KiB), 40 in all
+            records = outgoing.read()
+            if tail == "close_notify":
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    tls.unwrap()
+                end = outgoing.read()
+            else:  # a record of the right type, version and length whose contents are garbage
+                end = records[:5] + os.urandom(int.from_bytes(records[3:5], "big"))
+            writer.write(records + end)
+            await until(backend.eof.is_set, "the backend to see the end")
+            assert backend.count == sum(map(len, stanzas))
+            assert backend.received.digest() == hashlib.sha256(b"".join(stanzas)).digest()
+            await until(lambda: not server.sessions, "the session to be released")
+            writer.close()
+            backend.close()
 
     run(loop_name, scenario)

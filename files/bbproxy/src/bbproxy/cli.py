@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from . import __version__, memory
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
 from .server import ListenError, load_contexts, run
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls})")
         return 0
     setup_logging(settings.log_level)
+    memory.tune_for_relay()  # before any relay buffer exists; forked workers inherit it
     log.info(
         "bbproxy %s starting on the %s event loop, %d worker(s)", __version__, loop_name, settings.workers
     )

@@ -372,36 +372,46 @@ class ClientSession(asyncio.Protocol):
         self._task = self.server.loop.create_task(self._connect_backend())
 
     def _read_tls(self) -> None:
-        """Decrypt everything buffered and relay it to the backend."""
+        """Decrypt everything buffered and relay it to the backend, in one write."""
         sslobj = self._sslobj
         assert sslobj is not None
+        plain: list[bytes] = []  # the records' plaintext: one write (writev) for all of them
         while self.state is State.RELAY or self.state is State.UNAVAILABLE:
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self._relay_up(plain)
                 self._close("client-eof")
                 return
             except (ssl.SSLError, OSError) as exc:
+                self._relay_up(plain)
                 self._close(f"tls-error: {_describe(exc)}")
                 return
             if self.state is State.UNAVAILABLE:
                 self._unavailable_data(chunk)
             elif not chunk:  # close_notify: over a MemoryBIO, read() returns b"" for it
+                self._relay_up(plain)
                 self._half_close("client-close-notify")
                 return
             else:
-                assert self.backend is not None
-                if self.bytes_up == 0 and self.bytes_down == 0:
-                    # The client's stream header: Prosody answers it at once, or it never will.
-                    self._timer = self.server.loop.call_later(
-                        self.server.settings.limits.backend_answer_timeout, self._backend_silent
-                    )
-                self.bytes_up += len(chunk)
-                self._up_at_boundary = chunk[-1] == _GT
-                self.backend.write(chunk)
+                plain.append(chunk)
+        self._relay_up(plain)
         self._flush_tls()
+
+    def _relay_up(self, plain: list[bytes]) -> None:
+        if not plain:
+            return
+        assert self.backend is not None
+        if self.bytes_up == 0 and self.bytes_down == 0:
+            # The client's stream header: Prosody answers it at once, or it never will.
+            self._timer = self.server.loop.call_later(
+                self.server.settings.limits.backend_answer_timeout, self._backend_silent
+            )
+        self.bytes_up += sum(map(len, plain))
+        self._up_at_boundary = plain[-1][-1] == _GT
+        self.backend.writelines(plain)
 
     def _half_close(self, reason: str) -> None:
         """The client is done sending: tell the backend, and relay its answer for a while."""
@@ -685,6 +695,10 @@ class BackendConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed and not self._eof_sent:
             self.transport.write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        if self.transport is not None and not self._closed and not self._eof_sent:
+            self.transport.writelines(chunks)
 
     def write_eof(self) -> None:
         if (
