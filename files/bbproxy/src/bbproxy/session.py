@@ -59,6 +59,10 @@ log = logging.getLogger("bbproxy.session")
 
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
+# Every socket of this process reads into this one buffer (BufferedProtocol): a read is consumed
+# (decrypted, encrypted, or copied) before the loop reads again, so one buffer serves all
+# sessions, and relayed bytes skip the per-read bytes object a plain Protocol gets.
+_RECV_BUFFER: Final = memoryview(bytearray(256 * 1024))
 # Fatal alerts (RFC 5246 §7.2) sent before any TLS state exists: protocol_version ("not at this
 # version, not from here") and illegal_parameter (an SNI host name that is not ASCII).
 ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
@@ -88,7 +92,7 @@ class State(Enum):
     CLOSED = 9
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(asyncio.BufferedProtocol):
     """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
@@ -185,6 +189,16 @@ class ClientSession(asyncio.Protocol):
             self._timer = server.loop.call_later(limits.pre_tls_timeout, self._on_timeout)
         else:
             self._begin_tls(server.contexts.default)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECV_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.state is State.RELAY and self._incoming is not None and not self._half_closed:
+            self._incoming.write(_RECV_BUFFER[:nbytes])  # the one copy: into OpenSSL's buffer
+            self._read_tls()
+        else:
+            self.data_received(_RECV_BUFFER[:nbytes].tobytes())  # kept, parsed or spliced
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -429,7 +443,7 @@ class ClientSession(asyncio.Protocol):
         if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
             self.transport.write(self._outgoing.read())
 
-    def _send_tls(self, data: bytes, flush: bool = True) -> None:
+    def _send_tls(self, data: bytes | memoryview, flush: bool = True) -> None:
         """Encrypt ``data`` for the client; ``flush=False`` when _close() follows and sends it
         together with our close_notify, in one write."""
         assert self._sslobj is not None
@@ -558,17 +572,18 @@ class ClientSession(asyncio.Protocol):
 
     # -- relay, called by the backend side ----------------------------------------------
 
-    def from_backend(self, data: bytes) -> None:
+    def from_backend(self, data: bytes | memoryview) -> None:
+        """Backend bytes: ``data`` may be a view of the shared read buffer, valid only now."""
         if self.state is State.SPLICE:
             assert self.transport is not None
             self.bytes_down += len(data)
-            self.transport.write(data)
+            self.transport.write(bytes(data))
         elif self.state is State.RELAY:
             if self.bytes_down == 0 and not self._half_closed:
                 self._cancel_timer()  # the backend answered (a half-close has its own timer)
             self.bytes_down += len(data)
             self._down_at_boundary = data[-1] == _GT
-            self._backend_ended = data.endswith(STREAM_CLOSE)
+            self._backend_ended = data[-len(STREAM_CLOSE) :] == STREAM_CLOSE
             self._send_tls(data)
 
     def _backend_silent(self) -> None:
@@ -655,7 +670,7 @@ class ClientSession(asyncio.Protocol):
         )
 
 
-class BackendConnection(asyncio.Protocol):
+class BackendConnection(asyncio.BufferedProtocol):
     """The plaintext connection to Prosody, opened only after the client's TLS is up."""
 
     __slots__ = ("_closed", "_eof_sent", "client", "transport")
@@ -668,6 +683,12 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECV_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.client.from_backend(_RECV_BUFFER[:nbytes])
 
     def data_received(self, data: bytes) -> None:
         self.client.from_backend(data)
