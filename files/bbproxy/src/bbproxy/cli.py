@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, memory
+from . import __version__, logsink, memory
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
 from .server import ListenError, load_contexts, run
@@ -21,10 +21,7 @@ log = logging.getLogger("bbproxy")
 def setup_logging(level: str, prefix: str = "") -> None:
     # Under systemd the journal stamps each line; elsewhere we do. Workers share one stderr
     # stream (the journal files it all under the main PID), so their lines say which they are.
-    fmt = f"%(levelname)s {prefix}%(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logsink.install(level, sys.stderr, stamped=not os.environ.get("JOURNAL_STREAM"), prefix=prefix)
     # Every session logs; the format uses none of the thread, process or caller fields, so skip
     # collecting them for each record (the logging HOWTO's "Optimization" section).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

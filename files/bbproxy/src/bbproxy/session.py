@@ -46,7 +46,7 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
-from . import proxy_protocol
+from . import logsink, proxy_protocol
 from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, fingerprint
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
@@ -353,11 +353,11 @@ class ClientSession(asyncio.BufferedProtocol):
         hello = self._hello
         if isinstance(hello, ClientHello):
             ja3, summary = fingerprint(hello)
-            log.info("conn=%d %s: %s", self.conn_id, what, summary)
+            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, summary)
             if legacy:
                 self.server.legacy_client(hello.family(ja3))
         elif isinstance(hello, str):
-            log.info("conn=%d %s: %s", self.conn_id, what, hello)
+            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, hello)
         self._hello = None
 
     def _continue_handshake(self) -> None:
@@ -655,7 +655,8 @@ class ClientSession(asyncio.BufferedProtocol):
             self.transport.close()  # flushes what is queued, then closes
 
     def log_close(self) -> None:
-        log.info(
+        logsink.info(
+            log,
             "conn=%d peer=%s listener=%s domain=%s tls=%s cipher=%s up=%d down=%d duration=%.3fs close=%s",
             self.conn_id,
             self.peer,

@@ -68,6 +68,7 @@ class Supervisor:
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
+                logging.shutdown()  # os._exit skips atexit: write the lines still waiting
                 os._exit(status)
         self.children[pid] = index
 
