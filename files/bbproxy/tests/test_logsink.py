@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -25,27 +26,28 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
+Sink = Callable[[], tuple[logsink.TurnHandler, CountingStream]]
+
+
 @pytest.fixture
-def sink(monkeypatch: pytest.MonkeyPatch) -> tuple[logsink.TurnHandler, CountingStream]:
-    """What cli.setup_logging installs, for this test only. (The fixture runs before pytest adds
-    its capture handlers to the root logger for the test's call; each test's body therefore
-    calls only() to make this handler the only one, as in the proxy.)"""
+def sink(monkeypatch: pytest.MonkeyPatch) -> Sink:
+    """What cli.setup_logging installs, for this test only. Pytest adds its capture handlers to the
+    root logger after fixtures ran, so the test body calls sink() to make this handler the only
+    one, as it is in the proxy."""
     stream = CountingStream()
     handler = logsink.TurnHandler(stream, stamped=True, prefix="worker=1 ")
     monkeypatch.setattr(logging.root, "level", logging.INFO)
     monkeypatch.setattr(logsink, "_fast", handler)
-    return handler, stream
+
+    def only_handler() -> tuple[logsink.TurnHandler, CountingStream]:
+        monkeypatch.setattr(logging.root, "handlers", [handler])
+        return handler, stream
+
+    return only_handler
 
 
-def only(handler: logging.Handler, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.root, "handlers", [handler])
-
-
-def test_direct_lines_read_as_logging_would_write_them(
-    sink: tuple[logsink.TurnHandler, CountingStream], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handler, stream = sink
-    only(handler, monkeypatch)
+def test_direct_lines_read_as_logging_would_write_them(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler, stream = sink()
     log = logging.getLogger("bbproxy.session")
     log.info("conn=%d peer=%s close=%s", 7, "[::1]:5000", "client-eof")  # through logging
     records: list[logging.LogRecord] = []
@@ -73,11 +75,8 @@ def test_without_timestamps_under_the_journal(monkeypatch: pytest.MonkeyPatch) -
     assert stream.getvalue() == "INFO conn=1 up\nINFO conn=1 up\n"
 
 
-def test_level_is_respected(
-    sink: tuple[logsink.TurnHandler, CountingStream], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handler, stream = sink
-    only(handler, monkeypatch)
+def test_level_is_respected(sink: Sink) -> None:
+    _, stream = sink()
     log = logging.getLogger("bbproxy.session")
     log.setLevel(logging.WARNING)
     try:
@@ -94,11 +93,8 @@ def test_other_handlers_get_ordinary_records(caplog: pytest.LogCaptureFixture) -
     assert [r.getMessage() for r in caplog.records] == ["conn=3 closed"]
 
 
-def test_one_loop_turn_is_one_write(
-    sink: tuple[logsink.TurnHandler, CountingStream], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    handler, stream = sink
-    only(handler, monkeypatch)
+def test_one_loop_turn_is_one_write(sink: Sink) -> None:
+    _, stream = sink()
     log = logging.getLogger("bbproxy.session")
 
     async def scenario() -> None:
@@ -120,12 +116,9 @@ def test_one_loop_turn_is_one_write(
     assert len(stream.writes) == 2 and stream.writes[1].endswith("conn=4 d\n")
 
 
-def test_flush_writes_what_waits(
-    sink: tuple[logsink.TurnHandler, CountingStream], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_flush_writes_what_waits(sink: Sink) -> None:
     """logging.shutdown() (run at exit) flushes handlers: a line logged just before is kept."""
-    handler, stream = sink
-    only(handler, monkeypatch)
+    handler, stream = sink()
 
     async def scenario() -> None:
         logsink.info(logging.getLogger("bbproxy.session"), "conn=%d last", 9)
