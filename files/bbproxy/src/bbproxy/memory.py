@@ -22,7 +22,7 @@ import ctypes.util
 import functools
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 # mallopt(3) parameters, from glibc's <malloc.h>.
@@ -47,16 +47,12 @@ def _libc() -> ctypes.CDLL | None:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    libc = _libc()
-    try:
-        func = libc.malloc_trim if libc is not None else None
-    except AttributeError:
-        return None
+    func = getattr(_libc(), "malloc_trim", None)  # glibc only
     if func is None:
         return None
     func.argtypes = [ctypes.c_size_t]
     func.restype = ctypes.c_int
-    return func
+    return cast("Callable[[int], int]", func)
 
 
 def available() -> bool:
