@@ -194,25 +194,23 @@ class ClientSession(asyncio.BufferedProtocol):
         return _RECV_BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.state is State.RELAY and self._incoming is not None and not self._half_closed:
-            self._incoming.write(_RECV_BUFFER[:nbytes])  # the one copy: into OpenSSL's buffer
-            self._read_tls()
-        else:
-            self.data_received(_RECV_BUFFER[:nbytes].tobytes())  # kept, parsed or spliced
+        self.data_received(_RECV_BUFFER[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` is a view of the shared read buffer, valid only now: copied where it is kept
+        or parsed, handed to OpenSSL (one copy, into its buffer) where it is TLS."""
         state = self.state
         if state is State.SPLICE:
             if not self._half_closed:
                 assert self.backend is not None
                 self.bytes_up += len(data)
-                self.backend.write(data)
+                self.backend.write(bytes(data))
         elif state is State.PRE_TLS:
-            self._pre_tls_data(data)
+            self._pre_tls_data(bytes(data))
         elif state is State.HELLO:
-            self._hello_data(data)
+            self._hello_data(bytes(data))
         elif state is State.SPLICING:
-            self._early += data  # reading is paused while connecting: at most one read
+            self._early += data  # a copy; reading is paused while connecting: at most one read
         elif state is not State.CLOSED and self._incoming is not None and not self._half_closed:
             self._incoming.write(data)
             if state is State.HANDSHAKE:
@@ -573,7 +571,7 @@ class ClientSession(asyncio.BufferedProtocol):
     # -- relay, called by the backend side ----------------------------------------------
 
     def from_backend(self, data: bytes | memoryview) -> None:
-        """Backend bytes: ``data`` may be a view of the shared read buffer, valid only now."""
+        """Backend bytes: ``data`` is a view of the shared read buffer, valid only now."""
         if self.state is State.SPLICE:
             assert self.transport is not None
             self.bytes_down += len(data)
@@ -690,9 +688,6 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.client.from_backend(_RECV_BUFFER[:nbytes])
-
-    def data_received(self, data: bytes) -> None:
-        self.client.from_backend(data)
 
     def eof_received(self) -> bool:
         self.client.backend_closed("backend-closed")
