@@ -49,3 +49,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- ClientHello surgery: the hellos attackers and odd stacks send, made from real ones -------
+
+
+def handshake_message(records: bytes) -> bytes:
+    """The handshake message carried by one or more TLS handshake records."""
+    message, pos = b"", 0
+    while pos < len(records):
+        length = int.from_bytes(records[pos + 3 : pos + 5], "big")
+        message += records[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    return message
+
+
+def as_records(message: bytes, size: int = 16384, version: bytes = b"\x03\x01") -> bytes:
+    """``message`` re-framed as handshake records of at most ``size`` bytes each."""
+    return b"".join(
+        b"\x16" + version + len(chunk).to_bytes(2, "big") + chunk
+        for chunk in (message[i : i + size] for i in range(0, len(message), size))
+    )
+
+
+def with_extension(hello_records: bytes, ext_type: int, data: bytes) -> bytes:
+    """A real ClientHello with one more extension appended (lengths fixed up), in one record."""
+    message = handshake_message(hello_records)
+    body = message[4:]
+    pos = 2 + 32  # legacy_version, random
+    pos += 1 + body[pos]  # session id
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher suites
+    pos += 1 + body[pos]  # compression methods
+    extensions = body[pos + 2 :] if pos < len(body) else b""
+    extensions += ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+    body = body[:pos] + len(extensions).to_bytes(2, "big") + extensions
+    return as_records(b"\x01" + len(body).to_bytes(3, "big") + body)
+
+
+def supported_versions(*versions: int) -> bytes:
+    """The data of a ClientHello's supported_versions extension (RFC 8446 §4.2.1)."""
+    listed = b"".join(v.to_bytes(2, "big") for v in versions)
+    return bytes([len(listed)]) + listed

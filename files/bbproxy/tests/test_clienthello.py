@@ -19,8 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser, fingerprint, is_grease
+from bbproxy.clienthello import (
+    MAX_RECORDS,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloParser,
+    fingerprint,
+    is_grease,
+)
 from bbproxy.tls import cipher_string
+
+from .helpers import as_records, handshake_message, supported_versions, with_extension
 
 
 def python_hello(
@@ -244,3 +253,108 @@ def test_mutated_real_hellos_never_raise_anything_else(data: st.DataObject) -> N
         hello[data.draw(st.integers(0, len(hello) - 1))] = data.draw(st.integers(0, 255))
     with contextlib.suppress(ClientHelloError):
         ClientHelloParser().feed(bytes(hello))
+
+
+# -- versions: only what this side knows counts (issue 15, item 3) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        ((0x0305, 0x0301), 0x0301),  # an unknown "newer" version does not make a TLS 1.0 client modern
+        ((0x7F1C, 0x0302, 0x0301), 0x0302),  # a draft number, then TLS 1.1
+        ((0x0304, 0x0303), 0x0304),
+        ((0x0305,), 0),  # nothing in common
+    ],
+)
+def test_max_version_counts_only_known_versions(offered: tuple[int, ...], expected: int) -> None:
+    record = with_extension(python_hello(ssl.TLSVersion.TLSv1), 43, supported_versions(*offered))
+    hello = ClientHelloParser().feed(record)
+    assert hello is not None and hello.max_version == expected
+
+
+def test_legacy_version_alone_means_at_most_tls12() -> None:
+    message = bytearray(handshake_message(python_hello(ssl.TLSVersion.TLSv1_2)))
+    message[4:6] = b"\x03\x04"  # legacy_version 1.3 without supported_versions: not a 1.3 client
+    hello = ClientHelloParser().feed(as_records(bytes(message)))
+    assert hello is not None and hello.max_version == 0x0303
+
+
+# -- fragmentation: linear, bounded, same answer however the records are cut (item 2) ----------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 400))
+def test_any_record_size_and_read_size_gives_the_same_hello(record_size: int, read_size: int) -> None:
+    whole = python_hello(ssl.TLSVersion.TLSv1_2)
+    expected = ClientHelloParser().feed(whole)
+    fragmented = as_records(handshake_message(whole), record_size)
+    parser = ClientHelloParser()
+    result = None
+    for i in range(0, len(fragmented), read_size):
+        result = parser.feed(fragmented[i : i + read_size])
+        if result is not None:
+            break
+    assert result == expected
+    assert parser.buffered == fragmented[: len(parser.buffered)]
+
+
+def test_a_hello_in_too_many_records_is_not_read() -> None:
+    message = handshake_message(python_hello(ssl.TLSVersion.TLSv1_2))
+    padded = with_extension(as_records(message), 21, bytes(MAX_RECORDS))  # RFC 7685 padding
+    parser = ClientHelloParser()
+    with pytest.raises(ClientHelloError, match=f"more than {MAX_RECORDS} records"):
+        parser.feed(as_records(handshake_message(padded), 1))
+    ok = ClientHelloParser().feed(as_records(message, max(1, len(message) // (MAX_RECORDS - 1) + 1)))
+    assert ok is not None
+
+
+def test_each_record_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 KiB of one-byte records fed a byte at a time: the work grows with the records, not with
+    their square (the parser used to re-walk every record from byte 0 on each read: 0.86 s of CPU
+    for one such hello). Counted, not timed: record headers read, at most twice each."""
+    import bbproxy.clienthello as module
+
+    class Counting:
+        calls = 0
+
+        def unpack_from(self, buf: bytearray, pos: int) -> tuple[int, int, int]:
+            Counting.calls += 1
+            return module.struct.unpack_from("!BHH", buf, pos)  # type: ignore[return-value]
+
+    monkeypatch.setattr(module, "_RECORD_HEADER", Counting())
+    padded = with_extension(python_hello(ssl.TLSVersion.TLSv1_2), 21, bytes(16384 - 600))
+    message = handshake_message(padded)
+    records = as_records(message, 1)
+    parser = ClientHelloParser(max_bytes=len(records), max_records=len(message))
+    result = None
+    for i in range(len(records)):
+        result = parser.feed(records[i : i + 1])
+    assert result is not None and len(message) > 15000
+    assert Counting.calls <= 2 * len(message)
+
+
+# -- whitespace after <starttls/> (go-sendxmpp's newline) -------------------------------------
+
+
+def test_whitespace_before_the_hello_is_dropped_on_starttls_only() -> None:
+    hello = python_hello(ssl.TLSVersion.TLSv1)
+    parser = ClientHelloParser(skip_whitespace=True)
+    assert parser.feed(b"\n") is None and parser.feed(b" \r\n\t") is None
+    parsed = parser.feed(hello)
+    assert parsed is not None and parser.buffered == hello and parser.skipped == 5
+    with pytest.raises(ClientHelloError, match="not a TLS handshake record"):
+        ClientHelloParser().feed(b"\n" + hello)  # direct TLS: a newline is not TLS
+
+
+def test_whitespace_is_bounded() -> None:
+    parser = ClientHelloParser(max_bytes=64, skip_whitespace=True)
+    parser.feed(b" " * 64)
+    with pytest.raises(ClientHelloError, match="too much whitespace"):
+        parser.feed(b" ")
+    assert parser.buffered == b""
+
+
+def test_other_bytes_before_the_hello_are_still_not_tls() -> None:
+    with pytest.raises(ClientHelloError, match="not a TLS handshake record"):
+        ClientHelloParser(skip_whitespace=True).feed(b"\n<iq/>")

@@ -7,7 +7,7 @@ import asyncio
 import io
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -30,20 +30,23 @@ Sink = Callable[[], tuple[logsink.TurnHandler, CountingStream]]
 
 
 @pytest.fixture
-def sink(monkeypatch: pytest.MonkeyPatch) -> Sink:
+def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
     """What cli.setup_logging installs, for this test only. Pytest adds its capture handlers to the
     root logger after fixtures ran, so the test body calls sink() to make this handler the only
-    one, as it is in the proxy."""
+    one, as it is in the proxy. The level is set with setLevel(), which also clears the loggers'
+    isEnabledFor() caches that earlier tests filled (assigning ``root.level`` does not)."""
     stream = CountingStream()
     handler = logsink.TurnHandler(stream, stamped=True, prefix="worker=1 ")
-    monkeypatch.setattr(logging.root, "level", logging.INFO)
+    level = logging.root.level
+    logging.root.setLevel(logging.INFO)
     monkeypatch.setattr(logsink, "_fast", handler)
 
     def only_handler() -> tuple[logsink.TurnHandler, CountingStream]:
         monkeypatch.setattr(logging.root, "handlers", [handler])
         return handler, stream
 
-    return only_handler
+    yield only_handler
+    logging.root.setLevel(level)
 
 
 def test_direct_lines_read_as_logging_would_write_them(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ VERSION_NAMES: Final = {
     0x0304: "TLSv1.3",
 }
 
+_TLS_1_2: Final = 0x0303
 _EXT_SERVER_NAME: Final = 0
 _EXT_GROUPS: Final = 10
 _EXT_POINT_FORMATS: Final = 11
@@ -34,8 +35,13 @@ _EXT_READ: Final = frozenset(
     {_EXT_SERVER_NAME, _EXT_GROUPS, _EXT_POINT_FORMATS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS}
 )
 _EXT_HEADER: Final = struct.Struct("!HH")  # extension type, data length
+_RECORD_HEADER: Final = struct.Struct("!BHH")  # content type, version, length
 _HANDSHAKE: Final = 0x16
 _CLIENT_HELLO: Final = 1
+# A ClientHello split over more records than this is not routed here (OpenSSL still reads it).
+# Real clients use one record; 16 KiB of one-byte records would be ~2 700.
+MAX_RECORDS: Final = 512
+_XML_WHITESPACE: Final = b" \t\r\n"  # XML's S production (XML 1.0 §2.3)
 
 
 class ClientHelloError(ValueError):
@@ -64,7 +70,16 @@ class ClientHello:
 
     @property
     def max_version(self) -> int:
-        return max(self.supported_versions) if self.supported_versions else self.legacy_version
+        """The highest version the client can really get: from ``supported_versions`` (RFC 8446
+        §4.2.1) the highest version this side knows, values it does not know ignored (0 if none
+        is known: there is no version in common); without it ``legacy_version``, at most TLS 1.2.
+
+        Routing and the legacy allow-list are decided from this, so a hello offering
+        ``{0x0305, 0x0301}`` is the TLS 1.0 client it is, not a "newer" one.
+        """
+        if self.supported_versions:
+            return max((v for v in self.supported_versions if v in VERSION_NAMES), default=0)
+        return min(self.legacy_version, _TLS_1_2)
 
     def ja3_string(self) -> str:
         def dashed(values: tuple[int, ...]) -> str:
@@ -127,65 +142,107 @@ def _safe(text: str) -> str:
 
 
 class ClientHelloParser:
-    """Feed the first bytes of a TLS connection; ``feed`` returns the ClientHello once complete."""
+    """Feed the first bytes of a TLS connection; ``feed`` returns the ClientHello once complete.
 
-    __slots__ = ("_buf", "_max", "_need")
+    Linear in what it is fed: each record is walked once, when it is whole, and its payload
+    appended once to the handshake message being reassembled (a hello sent as thousands of
+    one-byte records costs no more than the bytes it takes). Bounded: ``max_bytes`` of records,
+    ``max_records`` records.
 
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self._buf = bytearray()
+    ``skip_whitespace``: on a STARTTLS connection, XML whitespace that the client sent after
+    ``<starttls/>`` (a newline, a keepalive) is still part of its XML stream, not of TLS: it is
+    dropped before the first record, counted against ``max_bytes``, and never replayed.
+    """
+
+    __slots__ = (
+        "_body",
+        "_buf",
+        "_max",
+        "_max_records",
+        "_needed",
+        "_pos",
+        "_records",
+        "_skip_whitespace",
+        "_skipped",
+    )
+
+    def __init__(
+        self, max_bytes: int = MAX_BYTES, *, max_records: int = MAX_RECORDS, skip_whitespace: bool = False
+    ) -> None:
+        self._buf = bytearray()  # every byte since the first record's, exactly as received
         self._max = max_bytes
-        self._need = 1  # parse again only once the buffer is this long (no rescans per byte)
+        self._body = bytearray()  # the handshake message, from the whole records so far
+        self._pos = 0  # where the next record header starts in _buf
+        self._records = 0
+        self._max_records = max_records
+        self._needed = 0  # the handshake message's length with its header, once known
+        self._skip_whitespace = skip_whitespace
+        self._skipped = 0
 
     @property
     def buffered(self) -> bytes:
-        """Every byte fed so far, exactly as received (to replay to whoever does the TLS)."""
+        """Every byte fed so far (less leading whitespace), exactly as received: what to replay to
+        whoever does the TLS."""
         return bytes(self._buf)
 
-    def feed(self, data: bytes) -> ClientHello | None:
-        self._buf += data
-        if len(self._buf) < self._need:
-            if len(self._buf) > self._max:
-                raise ClientHelloError("ClientHello too large")
-            return None
-        if self._buf[:1] and self._buf[0] & 0x80:
-            raise ClientHelloError("SSLv2-format hello")
-        if self._buf[:1] and self._buf[0] != _HANDSHAKE:
-            raise ClientHelloError("not a TLS handshake record")
-        message = self._reassemble()
-        if message is None:
-            if len(self._buf) > self._max:
-                raise ClientHelloError("ClientHello too large")
-            return None
-        return parse_client_hello(message)
+    @property
+    def skipped(self) -> int:
+        """How many bytes of XML whitespace were dropped before the first record."""
+        return self._skipped
 
-    def _reassemble(self) -> bytes | None:
-        """The handshake message from the records received so far, or None if incomplete."""
-        body = bytearray()
-        pos = 0
+    def feed(self, data: bytes) -> ClientHello | None:
+        if self._skip_whitespace and not self._buf:
+            stripped = data.lstrip(_XML_WHITESPACE)
+            self._skipped += len(data) - len(stripped)
+            if self._skipped > self._max:
+                raise ClientHelloError("too much whitespace before the ClientHello")
+            data = stripped
+            if not data:
+                return None
         buf = self._buf
-        while pos + 5 <= len(buf):
-            content_type, _, length = struct.unpack_from("!BHH", buf, pos)
+        if not buf:
+            if not data:
+                return None
+            if data[0] & 0x80:
+                raise ClientHelloError("SSLv2-format hello")
+            if data[0] != _HANDSHAKE:
+                raise ClientHelloError("not a TLS handshake record")
+        buf += data
+        while self._pos + 5 <= len(buf):
+            content_type, _, length = _RECORD_HEADER.unpack_from(buf, self._pos)
             if content_type != _HANDSHAKE:
                 raise ClientHelloError("ClientHello interrupted by another record type")
             if length == 0 or length > 16384 + 2048:
                 raise ClientHelloError("bad record length")
-            complete = pos + 5 + length <= len(buf)
-            body += buf[pos + 5 : min(pos + 5 + length, len(buf))]
-            pos += 5 + length
-            if len(body) >= 4:  # judge the handshake header as soon as it is here
-                if body[0] != _CLIENT_HELLO:
-                    raise ClientHelloError("first handshake message is not a ClientHello")
-                needed = 4 + int.from_bytes(body[1:4], "big")
-                if needed > self._max:
-                    raise ClientHelloError("ClientHello too large")
-                if complete and len(body) >= needed:
-                    return bytes(body[4:needed])
-            if not complete:
-                # Headers and the first 4 bytes of the message were checked; wait for the record.
-                self._need = pos if len(body) >= 4 else len(buf) + 1
-                return None
-        self._need = pos + 5
+            start = self._pos + 5
+            end = start + length
+            if end > len(buf):
+                if not self._needed:  # judge the message header as soon as its 4 bytes are here
+                    self._judge(self._body + buf[start : start + 4])
+                break
+            self._records += 1
+            if self._records > self._max_records:
+                raise ClientHelloError(f"ClientHello split over more than {self._max_records} records")
+            self._body += buf[start:end]
+            self._pos = end
+            if not self._needed:
+                self._judge(self._body)
+            if self._needed and len(self._body) >= self._needed:
+                return parse_client_hello(bytes(self._body[4 : self._needed]))
+        if len(buf) > self._max:
+            raise ClientHelloError("ClientHello too large")
         return None
+
+    def _judge(self, head: bytes | bytearray) -> None:
+        """Check the handshake header once its 4 bytes are known: a ClientHello, within bounds."""
+        if len(head) < 4:
+            return
+        if head[0] != _CLIENT_HELLO:
+            raise ClientHelloError("first handshake message is not a ClientHello")
+        needed = 4 + int.from_bytes(head[1:4], "big")
+        if needed > self._max:
+            raise ClientHelloError("ClientHello too large")
+        self._needed = needed
 
 
 class _Reader:

@@ -31,6 +31,7 @@ FEATURES: Final = (
     b"</stream:features>"
 )
 STREAM_CLOSE: Final = b"</stream:stream>"
+_XML_WHITESPACE: Final = b" \t\r\n"  # XML's S production (XML 1.0 §2.3)
 
 
 class Action(Enum):
@@ -105,9 +106,11 @@ class Negotiation:
                     return Outcome(Action.CLOSE, b"".join(out), error[0])
                 out.append(self._header_bytes() + FEATURES)
             elif isinstance(event, StartTls):
-                if self._parser.trailing_data:
+                if self._parser.trailing_data.lstrip(_XML_WHITESPACE):
                     # Bytes pipelined behind <starttls/> would be read as TLS or, worse, be
                     # taken as sent under TLS: STARTTLS command injection (CVE-2011-0411).
+                    # XML whitespace is still the plaintext stream (go-sendxmpp ends the element
+                    # with a newline, Prosody accepts it): it is dropped, never relayed.
                     out.append(
                         self._error_bytes("policy-violation", "data after <starttls/> before <proceed/>")
                     )

@@ -275,7 +275,8 @@ class ClientSession(asyncio.BufferedProtocol):
         """Wait for the ClientHello; no TLS state exists until it is routed."""
         self.state = State.HELLO
         self._ctx = ctx
-        self._hello = ClientHelloParser()
+        # After <starttls/> the client's XML whitespace (go-sendxmpp's newline) is not TLS.
+        self._hello = ClientHelloParser(skip_whitespace=self.listener.starttls)
         self.tls_started = time.monotonic()
         self._timer = self.server.loop.call_later(
             self.server.settings.limits.handshake_timeout, self._on_timeout
@@ -287,7 +288,12 @@ class ClientSession(asyncio.BufferedProtocol):
         try:
             hello = parser.feed(data)
         except ClientHelloError as exc:
-            # Not ours to judge: OpenSSL answers it with the right alert, and it is logged.
+            if not parser.buffered:  # only whitespace, and too much of it: no TLS to answer
+                self.server.handshake_failed(self, "not-tls")
+                self._close(f"tls-failed: {exc}")
+                return
+            # Not ours to judge: OpenSSL answers it with the right alert, and it is logged. (The
+            # legacy allow-list still holds: the negotiated version is checked after the handshake.)
             self._hello = f"unparsable ClientHello ({exc})"
             self._terminate(parser.buffered)
             return
@@ -371,9 +377,24 @@ class ClientSession(asyncio.BufferedProtocol):
             self.server.handshake_failed(self, _describe(exc))
             self._close(f"tls-failed: {_describe(exc)}")
             return
+        self.tls_version = self._sslobj.version() or "-"
+        if self.tls_version in _LEGACY_VERSIONS and not self.server.legacy_allowed(self.peer_ip):
+            # The ClientHello looked modern (or could not be read) and OpenSSL still settled on
+            # TLS < 1.2: the allow-list is about what is negotiated, not what the client claims.
+            # Our last flight (its Finished) is dropped, so the client never completes.
+            assert self._outgoing is not None
+            self._outgoing.read()
+            self._refuse(
+                ALERT_PROTOCOL_VERSION,
+                "legacy-not-allowed",
+                f"legacy TLS refused after negotiating {self.tls_version}: "
+                "address not in tls.legacy_networks",
+                "legacy TLS not allowed from this address",
+                legacy=True,
+            )
+            return
         self._flush_tls()  # last flight, TLS 1.3 session tickets
         self._cancel_timer()
-        self.tls_version = self._sslobj.version() or "-"
         cipher = self._sslobj.cipher()
         self.cipher = cipher[0] if cipher else "-"
         if self.tls_version in _LEGACY_VERSIONS:
