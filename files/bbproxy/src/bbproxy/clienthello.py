@@ -148,7 +148,7 @@ class ClientHelloParser:
                 raise ClientHelloError("ClientHello too large")
             return None
         if self._buf[:1] and self._buf[0] & 0x80:
-            raise ClientHelloError("SSLv2-format hello")
+            return self._sslv2_record()
         if self._buf[:1] and self._buf[0] != _HANDSHAKE:
             raise ClientHelloError("not a TLS handshake record")
         message = self._reassemble()
@@ -157,6 +157,19 @@ class ClientHelloParser:
                 raise ClientHelloError("ClientHello too large")
             return None
         return parse_client_hello(message)
+
+    def _sslv2_record(self) -> ClientHello | None:
+        """The SSLv2-compatible hello (one record, 2-byte header with the high bit set)."""
+        if len(self._buf) < 2:
+            self._need = 2
+            return None
+        needed = 2 + (((self._buf[0] & 0x7F) << 8) | self._buf[1])
+        if needed > self._max:
+            raise ClientHelloError("ClientHello too large")
+        if len(self._buf) < needed:
+            self._need = needed
+            return None
+        return parse_sslv2_client_hello(bytes(self._buf[2:needed]))
 
     def _reassemble(self) -> bytes | None:
         """The handshake message from the records received so far, or None if incomplete."""
@@ -278,4 +291,37 @@ def parse_client_hello(body: bytes) -> ClientHello:
         point_formats=point_formats,
         sni=sni,
         alpn=alpn,
+    )
+
+
+def parse_sslv2_client_hello(message: bytes) -> ClientHello:
+    """Parse an SSLv2-compatible ClientHello message (RFC 5246 E.2), after its 2-byte header.
+
+    Java 6 and IE 6 send their TLS 1.0 hello in this format and OpenSSL accepts it, so it must be
+    routed (and refused outside ``tls.legacy_networks``) like any other. It has no extensions;
+    its fingerprint is that of the same offer in a TLS record: the version and the TLS suites
+    (cipher specs ``00 xx yy``; SSL 2.0's own specs are left out). No JA3 tool defines this case.
+    """
+    r = _Reader(message)
+    if r.uint(1) != _CLIENT_HELLO:
+        raise ClientHelloError("SSLv2-format message is not a ClientHello")
+    version = r.uint(2)
+    if version < 0x0300:
+        raise ClientHelloError("SSL 2.0 hello")
+    spec_length, session_id_length, challenge_length = r.uint(2), r.uint(2), r.uint(2)
+    if spec_length % 3:
+        raise ClientHelloError("SSLv2 cipher specs not a multiple of 3 bytes")
+    specs = r.take(spec_length)
+    r.take(session_id_length + challenge_length)
+    return ClientHello(
+        legacy_version=version,
+        supported_versions=(),
+        ciphers=tuple(
+            [int.from_bytes(specs[i + 1 : i + 3], "big") for i in range(0, spec_length, 3) if specs[i] == 0]
+        ),
+        extensions=(),
+        groups=(),
+        point_formats=(),
+        sni=None,
+        alpn=(),
     )
