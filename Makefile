@@ -26,12 +26,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 # What the layers need on the machine. prosody/socat/lua5.4: the proxy's integration tests
-# run a private Prosody on loopback; podman/runc/iptables/debootstrap: the test containers.
+# run a private Prosody on loopback; testssl.sh: its client simulations are the real device
+# ClientHellos test_device_hellos.py replays; podman/runc/iptables/debootstrap: the test containers.
 APT_PACKAGES := podman runc iptables debootstrap debian-archive-keyring prosody socat lua5.4 \
-	openssl make python3 python3-venv ca-certificates git
-# Only for the measurements (peers in the benchmark, the TLS scanner); `make deps` run through
-# these targets installs them too (target-specific variables reach the prerequisites).
-bench torture security: APT_PACKAGES += haproxy stunnel4 testssl.sh
+	testssl.sh openssl make python3 python3-venv ca-certificates git
+# Only for the measurements (peers in the benchmark); `make deps` run through these targets
+# installs them too (target-specific variables reach the prerequisites).
+bench torture security: APT_PACKAGES += haproxy stunnel4
 
 # The published demo ports (127.0.0.1 only). Change them if they are taken: make demo DEMO_PORT=...
 DEMO_PORT ?= 15222

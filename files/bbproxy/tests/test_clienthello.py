@@ -213,7 +213,10 @@ def test_slixmpp_starttls_hello() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"\x80\x2e\x01\x03\x01",  # SSLv2-format hello
+        b"\x80\x05\x01\x00\x02\x00\x00",  # SSL 2.0 itself (version 0x0002)
+        b"\x80\x09\x02\x03\x01\x00\x03\x00\x00\x00\x00",  # SSLv2 format, not a ClientHello
+        b"\x80\x0a\x01\x03\x01\x00\x02\x00\x00\x00\x00\x00",  # cipher specs of 2 bytes
+        b"\x80\x0c\x01\x03\x01\x00\x03\x00\x00\x00\x10\x00\x00\x2f",  # challenge missing
         b"GET / HTTP/1.1\r\n",
         b"\x17\x03\x01\x00\x05hello",  # application data
         b"\x16\x03\x01\x00\x00",  # empty record
@@ -224,6 +227,39 @@ def test_slixmpp_starttls_hello() -> None:
 def test_bad_input_is_a_clienthello_error(data: bytes) -> None:
     with pytest.raises(ClientHelloError):
         ClientHelloParser().feed(data)
+
+
+def sslv2_format_hello(version: int, specs: list[int], challenge: bytes = bytes(16)) -> bytes:
+    """An SSLv2-compatible ClientHello (RFC 5246 E.2), the format of Java 6 and IE 6."""
+    spec_bytes = b"".join(spec.to_bytes(3, "big") for spec in specs)
+    body = bytes([1]) + version.to_bytes(2, "big")
+    body += len(spec_bytes).to_bytes(2, "big") + b"\x00\x00" + len(challenge).to_bytes(2, "big")
+    body += spec_bytes + challenge
+    return (0x8000 | len(body)).to_bytes(2, "big") + body
+
+
+def test_sslv2_format_hello_is_read_in_any_chunking() -> None:
+    """Its TLS suites and version count (SSL 2.0 cipher specs do not), so it is routed like others."""
+    data = sslv2_format_hello(0x0301, [0x00002F, 0x010080, 0x000035, 0x0000FF])
+    for size in (1, 2, 3, len(data)):
+        parser = ClientHelloParser()
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        results = [parser.feed(chunk) for chunk in chunks]
+        assert results[:-1] == [None] * (len(chunks) - 1)
+        assert results[-1] == ClientHello(
+            legacy_version=0x0301,
+            supported_versions=(),
+            ciphers=(0x002F, 0x0035, 0x00FF),
+            extensions=(),
+            groups=(),
+            point_formats=(),
+            sni=None,
+            alpn=(),
+        )
+        assert parser.buffered == data
+    hello = results[-1]
+    assert hello is not None and hello.max_version == 0x0301
+    assert hello.ja3_string() == "769,47-53-255,,,"
 
 
 def test_oversized_hello_is_refused() -> None:
@@ -243,6 +279,8 @@ def test_grease() -> None:
 def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
     with contextlib.suppress(ClientHelloError):
         ClientHelloParser().feed(b"\x16\x03\x01" + data)
+    with contextlib.suppress(ClientHelloError):
+        ClientHelloParser().feed(b"\x80" + data)  # SSLv2-format header
 
 
 @settings(max_examples=500, deadline=None)

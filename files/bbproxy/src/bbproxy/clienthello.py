@@ -164,6 +164,7 @@ class ClientHelloParser:
         "_records",
         "_skip_whitespace",
         "_skipped",
+        "_sslv2",
     )
 
     def __init__(
@@ -178,6 +179,7 @@ class ClientHelloParser:
         self._needed = 0  # the handshake message's length with its header, once known
         self._skip_whitespace = skip_whitespace
         self._skipped = 0
+        self._sslv2 = False  # an SSLv2-compatible hello (Java 6, IE 6): one record of its own format
 
     @property
     def buffered(self) -> bytes:
@@ -204,10 +206,12 @@ class ClientHelloParser:
             if not data:
                 return None
             if data[0] & 0x80:
-                raise ClientHelloError("SSLv2-format hello")
-            if data[0] != _HANDSHAKE:
+                self._sslv2 = True
+            elif data[0] != _HANDSHAKE:
                 raise ClientHelloError("not a TLS handshake record")
         buf += data
+        if self._sslv2:
+            return self._sslv2_record()
         while self._pos + 5 <= len(buf):
             content_type, _, length = _RECORD_HEADER.unpack_from(buf, self._pos)
             if content_type != _HANDSHAKE:
@@ -232,6 +236,18 @@ class ClientHelloParser:
         if len(buf) > self._max:
             raise ClientHelloError("ClientHello too large")
         return None
+
+    def _sslv2_record(self) -> ClientHello | None:
+        """The SSLv2-compatible hello (one record, 2-byte header with the high bit set)."""
+        buf = self._buf
+        if len(buf) < 2:
+            return None
+        needed = 2 + (((buf[0] & 0x7F) << 8) | buf[1])
+        if needed > self._max:
+            raise ClientHelloError("ClientHello too large")
+        if len(buf) < needed:
+            return None
+        return parse_sslv2_client_hello(bytes(buf[2:needed]))
 
     def _judge(self, head: bytes | bytearray) -> None:
         """Check the handshake header once its 4 bytes are known: a ClientHello, within bounds."""
@@ -335,4 +351,37 @@ def parse_client_hello(body: bytes) -> ClientHello:
         point_formats=point_formats,
         sni=sni,
         alpn=alpn,
+    )
+
+
+def parse_sslv2_client_hello(message: bytes) -> ClientHello:
+    """Parse an SSLv2-compatible ClientHello message (RFC 5246 E.2), after its 2-byte header.
+
+    Java 6 and IE 6 send their TLS 1.0 hello in this format and OpenSSL accepts it, so it must be
+    routed (and refused outside ``tls.legacy_networks``) like any other. It has no extensions;
+    its fingerprint is that of the same offer in a TLS record: the version and the TLS suites
+    (cipher specs ``00 xx yy``; SSL 2.0's own specs are left out). No JA3 tool defines this case.
+    """
+    r = _Reader(message)
+    if r.uint(1) != _CLIENT_HELLO:
+        raise ClientHelloError("SSLv2-format message is not a ClientHello")
+    version = r.uint(2)
+    if version < 0x0300:
+        raise ClientHelloError("SSL 2.0 hello")
+    spec_length, session_id_length, challenge_length = r.uint(2), r.uint(2), r.uint(2)
+    if spec_length % 3:
+        raise ClientHelloError("SSLv2 cipher specs not a multiple of 3 bytes")
+    specs = r.take(spec_length)
+    r.take(session_id_length + challenge_length)
+    return ClientHello(
+        legacy_version=version,
+        supported_versions=(),
+        ciphers=tuple(
+            [int.from_bytes(specs[i + 1 : i + 3], "big") for i in range(0, spec_length, 3) if specs[i] == 0]
+        ),
+        extensions=(),
+        groups=(),
+        point_formats=(),
+        sni=None,
+        alpn=(),
     )

@@ -252,6 +252,10 @@ class Certs:
     def pair(self, kind: str) -> CertPair:
         return {"rsa": self.rsa, "ecdsa": self.ecdsa}[kind]
 
+    def pairs(self, kind: str) -> tuple[CertPair, ...]:
+        """``rsa``, ``ecdsa``, or ``rsa+ecdsa``: both, one per key type (the proxy picks per client)."""
+        return tuple(self.pair(k) for k in kind.split("+"))
+
 
 # --------------------------------------------------------------------------- prosody
 
@@ -556,7 +560,7 @@ class ProxyStarter:
         self,
         *,
         backend: str,
-        cert: str = "rsa",
+        cert: str = "rsa",  # rsa, ecdsa or rsa+ecdsa
         loop: str | None = None,
         min_tls: str | None = None,
         direct_tls: bool = False,
@@ -568,13 +572,13 @@ class ProxyStarter:
         self._n += 1
         port = free_port()
         direct_port = free_port() if direct_tls else None
-        pair = self.certs.pair(cert)
-        args = [
-            "--listen", f"{LOOPBACK}:{port}",
-            "--backend", backend,
-            "--cert", str(pair.cert),
-            "--key", str(pair.key),
-        ]  # fmt: skip
+        pairs = self.certs.pairs(cert)
+        args = ["--listen", f"{LOOPBACK}:{port}", "--backend", backend]
+        if len(pairs) == 1:
+            args += ["--cert", str(pairs[0].cert), "--key", str(pairs[0].key)]
+        else:  # lists of paths exist in the TOML file only
+            paths = {"cert": [str(p.cert) for p in pairs], "key": [str(p.key) for p in pairs]}
+            config = {**paths, **(config or {})}
         for domain in domains:
             args += ["--domain", domain]
         if direct_port is not None:
