@@ -169,22 +169,41 @@ test-python: venv
 	$(call pytest_layer,bbproxy,required,files/bbproxy/tests)
 	$(call pytest_layer,tools,optional,tools/tests)
 
-# molecule test = destroy, syntax, create, check, converge, idempotence, verify, destroy.
+# Molecule's own state (its "ephemeral directory": state.yml, the inventory, a copy of molecule.yml)
+# lives in this checkout, one directory per scenario. Molecule's default, ~/.ansible/tmp/molecule.
+# <hash of the checkout's directory NAME>.<scenario>, is shared by every checkout of the same name on
+# the machine: when two runs overlap, one run's clean-up deletes the other's molecule.yml in the
+# middle of a playbook (issue 22; docs/testing.md "Runs that share a machine"). The containers'
+# names are the machine's too, so one checkout at a time runs a scenario: the others wait for the lock.
+MOLECULE_STATE := $(CURDIR)/.molecule-state
+MOLECULE_LOCK ?= $(or $(wildcard /run/lock),/tmp)/bbproxy-molecule.lock
+MOLECULE_LOCK_WAIT ?= 3600
+#   $(call molecule_test,SCENARIO)
+define molecule_test
+	@mkdir -p $(MOLECULE_STATE)/$(1)
+	@echo "molecule: scenario $(1), state in $(MOLECULE_STATE)/$(1), machine lock $(MOLECULE_LOCK)"
+	@MOLECULE_EPHEMERAL_DIRECTORY=$(MOLECULE_STATE)/$(1) \
+	  flock --wait $(MOLECULE_LOCK_WAIT) --conflict-exit-code 75 $(MOLECULE_LOCK) $(BIN)/molecule test -s $(1) \
+	  || { rc=$$?; [ $$rc -ne 75 ] || echo "molecule: another checkout held $(MOLECULE_LOCK) for $(MOLECULE_LOCK_WAIT)s" >&2; exit $$rc; }
+endef
+
+# molecule test = destroy, syntax, create, check, converge, idempotence, verify, destroy. The first
+# destroy removes a container of the scenario's name that an earlier, killed run left behind.
 molecule: venv image
-	$(BIN)/molecule test -s default
+	$(call molecule_test,default)
 
 molecule-trixie: venv image-trixie
-	$(BIN)/molecule test -s trixie
+	$(call molecule_test,trixie)
 
 # Two Debian 12 servers federating over s2s TLS in backend_secure mode (and the disabled mode
 # failing); Debian 13: BBPROXY_FEDERATION_SUITE=trixie (make image-trixie first).
 molecule-federation: venv image
-	$(BIN)/molecule test -s federation
+	$(call molecule_test,federation)
 
 # The role's lifecycle on Debian 12: upgrade from an older build, re-runs after a failed run, a
 # killed run and an interrupted apt, bbproxy_state absent (Prosody on its own TLS), reinstall.
 molecule-lifecycle: venv image
-	$(BIN)/molecule test -s lifecycle
+	$(call molecule_test,lifecycle)
 
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
 # summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes and
