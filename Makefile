@@ -43,7 +43,7 @@ BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
 	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
-	torture security
+	torture security tlsfuzzer
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -61,6 +61,7 @@ help:
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 	@echo "make torture          floods, hostile input, faults vs a real Prosody, < 10 min (TORTURE_ARGS=--short)"
 	@echo "make security         testssl.sh policy check of a local proxy (docs/security.md), ~2 min"
+	@echo "make tlsfuzzer        tlsfuzzer vs the proxy and openssl s_server, ~2 min (TLSFUZZER_DIR=checkout)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up
@@ -248,3 +249,21 @@ SECURITY_ARGS ?= --quick
 SECURITY_OUT ?= $(CURDIR)/security-results
 security: deps venv
 	tools/security_scan.sh $(SECURITY_ARGS) $(SECURITY_OUT)
+
+# tlsfuzzer (issue 16): ~45 of its scripts against the proxy's direct-TLS listener and against
+# openssl s_server set up the same way; fails on any case that fails only through the proxy.
+# tlsfuzzer is not on PyPI: TLSFUZZER_DIR is a checkout; its tlslite-ng goes into its own venv.
+TLSFUZZER_DIR ?=
+TLSFUZZER_VENV ?= $(CURDIR)/.venv-tlsfuzzer
+TLSFUZZER_ARGS ?=
+tlsfuzzer: venv
+	@if [ -z "$(TLSFUZZER_DIR)" ] || [ ! -f "$(TLSFUZZER_DIR)/scripts/test-conversation.py" ]; then \
+	  echo "tlsfuzzer: needs a checkout (it is not on PyPI):" >&2; \
+	  echo "  git clone https://github.com/tlsfuzzer/tlsfuzzer /path/to/tlsfuzzer" >&2; \
+	  echo "  make tlsfuzzer TLSFUZZER_DIR=/path/to/tlsfuzzer" >&2; exit 2; \
+	fi
+	@test -x $(TLSFUZZER_VENV)/bin/python || $(PYTHON) -m venv $(TLSFUZZER_VENV)
+	@$(TLSFUZZER_VENV)/bin/python -c 'import tlslite, ecdsa' 2>/dev/null \
+	  || $(TLSFUZZER_VENV)/bin/python -m pip install --quiet 'tlslite-ng==0.9.0b2' ecdsa
+	$(BIN)/python bench/tlsfuzzer.py --tlsfuzzer-dir "$(TLSFUZZER_DIR)" \
+	  --python $(TLSFUZZER_VENV)/bin/python $(TLSFUZZER_ARGS)

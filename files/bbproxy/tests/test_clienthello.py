@@ -117,6 +117,35 @@ def test_hello_split_over_two_records() -> None:
     assert parse_all(two_records, 64) == parse_all(data, 64)
 
 
+# Records a client may send right behind its ClientHello, in the same write (tlsfuzzer does):
+# warning alerts (test-ssl-death-alert.py), a change_cipher_spec (TLS 1.3 middlebox mode), a second
+# handshake record, application data. They are OpenSSL's to judge, so the parser must neither
+# refuse them nor drop them: the hello is complete, and ``buffered`` is every byte, in order.
+TRAILING_RECORDS = [
+    b"\x15\x03\x03\x00\x02\x01\x2b" * 5,  # warning alerts (unsupported_certificate)
+    b"\x14\x03\x03\x00\x01\x01",  # change_cipher_spec
+    b"\x16\x03\x03\x00\x04\x10\x00\x00\x00",  # another handshake message
+    b"\x17\x03\x03\x00\x03abc",  # application data
+    b"\x15\x03",  # half a record header
+]
+
+
+@pytest.mark.parametrize("trailing", TRAILING_RECORDS)
+def test_records_behind_the_hello_are_kept_for_openssl(trailing: bytes) -> None:
+    data = python_hello(ssl.TLSVersion.TLSv1_2)
+    alone = parse_all(data, len(data))
+    assert alone is not None
+    for size in (len(data) + len(trailing), len(data) - 1, 7):
+        parser = ClientHelloParser()
+        hello = None
+        fed = 0
+        while hello is None and fed < len(data) + len(trailing):
+            hello = parser.feed((data + trailing)[fed : fed + size])
+            fed += size
+        assert hello == alone, size
+        assert parser.buffered == (data + trailing)[:fed]
+
+
 def capture_hello(client: Callable[[int], object], *, xmpp: bool = False) -> bytes:
     """The ClientHello bytes a real client sends, caught by a loopback server that does no TLS.
 

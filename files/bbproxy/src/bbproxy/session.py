@@ -616,9 +616,16 @@ class ClientSession(asyncio.BufferedProtocol):
             self._fail_unanswered("the XMPP service did not answer", reason)
 
     def backend_closed(self, reason: str) -> None:
-        if self.state is State.RELAY and not self._backend_ended and self._down_at_boundary:
+        if (
+            self.state is State.RELAY
+            and not self._backend_ended
+            and self._down_at_boundary
+            and not self._half_closed
+        ):
             # Prosody went away without </stream:stream> (a crash, a kill, a lost stream error):
             # say so, so the client reconnects knowingly instead of seeing a bare TLS close.
+            # Not after the client ended its side (close_notify or FIN): then the backend's
+            # close is the answer to that, and the client expects our close_notify, no data.
             self._send_tls(
                 stream_error("remote-connection-failed", "the XMPP service closed the connection"),
                 flush=False,

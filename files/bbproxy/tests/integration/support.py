@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from bbproxy.tls import TLS_VERSIONS
+from bbproxy.tls import ALPN_XMPP_CLIENT, TLS_VERSIONS, cipher_string
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # files/bbproxy
 REPO_ROOT = PACKAGE_DIR.parents[1]
@@ -742,6 +742,65 @@ def run_s_client(
         args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
     )
     return OpenSSLResult(result.returncode, result.stdout + result.stderr)
+
+
+# OpenSSL's own TLS 1.3 suites, which the proxy leaves as they are; named for s_server all the same.
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+
+
+def s_server_argv(cert: Path, key: Path, port: int, directory: Path) -> list[str]:
+    """``openssl s_server -www`` set up as the proxy's direct-TLS context (tls.py): the reference.
+
+    Same certificate chain and key, TLS 1.0-1.3, the same cipher string (``@SECLEVEL=0``
+    included), server preference, no renegotiation, ALPN ``xmpp-client``. s_server's ``-cert``
+    takes only the leaf, so the rest of the chain file goes to ``-cert_chain`` (in ``directory``).
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise FileNotFoundError("openssl not installed: apt-get install openssl")
+    pem = rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?"
+    blocks = re.findall(pem, cert.read_bytes(), re.S)
+    leaf = directory / "s_server-leaf.pem"
+    leaf.write_bytes(blocks[0])
+    argv = [openssl, "s_server", "-www", "-accept", f"{LOOPBACK}:{port}"]
+    argv += ["-cert", str(leaf), "-key", str(key)]
+    if len(blocks) > 1:
+        chain = directory / "s_server-chain.pem"
+        chain.write_bytes(b"".join(blocks[1:]))
+        argv += ["-cert_chain", str(chain)]
+    argv += [
+        "-min_protocol", "TLSv1",
+        "-cipher", cipher_string("1.0"),
+        "-ciphersuites", TLS13_SUITES,
+        "-serverpref",
+        "-no_renegotiation",
+        "-alpn", ALPN_XMPP_CLIENT,
+    ]  # fmt: skip
+    return argv
+
+
+@contextlib.contextmanager
+def running_s_server(pair: CertPair, directory: Path, ready_timeout: float = 10.0) -> Iterator[int]:
+    """The reference server on a free loopback port, stopped by its PID afterwards; yields the port."""
+    port = free_port()
+    log_path = directory / f"s_server-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            owned_command(s_server_argv(pair.cert, pair.key, port, directory)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while b"ACCEPT" not in log_path.read_bytes():  # printed once it listens
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"openssl s_server did not start: {log_path.read_text(errors='replace')}")
+            time.sleep(0.02)
+        yield port
+    finally:
+        stop_process(proc)
 
 
 # --------------------------------------------------------------------------- raw XMPP clients
