@@ -13,7 +13,7 @@ import ssl
 
 import pytest
 
-from bbproxy.clienthello import MAX_RECORDS
+from bbproxy.clienthello import MAX_BYTES, MAX_RECORDS
 
 from .helpers import (
     as_records,
@@ -83,9 +83,9 @@ def test_an_unknown_version_in_supported_versions_does_not_make_a_tls10_client_m
 def test_tls10_negotiated_from_an_unread_hello_is_refused_after_the_handshake(
     certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A hello the router cannot read (here: split over more than MAX_RECORDS records) still reaches
-    OpenSSL, which negotiates TLS 1.0 with it; the negotiated version is checked against the
-    allow-list before the handshake can finish."""
+    """A hello the router does not read (here: over its 16 KiB bound, which OpenSSL allows) still
+    reaches OpenSSL, which negotiates TLS 1.0 with it; the negotiated version is checked against
+    the allow-list before the handshake can finish."""
     caplog.set_level(logging.INFO, "bbproxy")
 
     async def scenario() -> None:
@@ -95,10 +95,9 @@ def test_tls10_negotiated_from_an_unread_hello_is_refused_after_the_handshake(
             client = _long_hello_client(certs).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
             with pytest.raises(ssl.SSLWantReadError):
                 client.do_handshake()
-            # The client's own hello, one byte per record: OpenSSL reads it, the router does not.
-            hello = handshake_message(outgoing.read())
-            assert len(hello) > MAX_RECORDS
-            last = await pump_handshake(reader, writer, client, as_records(hello, 1), outgoing, incoming)
+            hello = outgoing.read()
+            assert len(hello) > MAX_BYTES
+            last = await pump_handshake(reader, writer, client, hello, outgoing, incoming)
             assert last.endswith(ALERT_PROTOCOL_VERSION)
             with pytest.raises(ssl.SSLError):
                 client.do_handshake()  # never completes: our Finished was not sent
@@ -192,8 +191,28 @@ def _python_hello(version: ssl.TLSVersion) -> bytes:
 
 
 def _long_hello_client(certs: Certs) -> ssl.SSLContext:
-    """A TLS 1.0 client whose hello is long enough to be sent as more than MAX_RECORDS records of
-    one byte (ALPN names nobody serves pad it; the server ignores them)."""
+    """A TLS 1.0 client whose hello is over the router's 16 KiB bound (ALPN names nobody serves pad
+    it; the server ignores them)."""
     ctx = client_context(certs.ca, TLS10)
-    ctx.set_alpn_protocols(["xmpp-client", *(f"pad-{i}-" + "x" * 200 for i in range(3))])
+    ctx.set_alpn_protocols(["xmpp-client", *(f"{i:03d}" + "p" * 247 for i in range(70))])
     return ctx
+
+
+def test_a_hello_split_over_too_many_records_is_refused_with_an_alert(certs: Certs) -> None:
+    """Refused before OpenSSL sees it (docs/security.md): its records would cost OpenSSL more than
+    a whole handshake. A hello in a few hundred records is still read (test_clienthello.py)."""
+    hello = handshake_message(
+        with_extension(_python_hello(TLS13), 21, bytes(MAX_RECORDS))
+    )  # RFC 7685 padding
+
+    async def scenario() -> None:
+        async with routed_proxy(certs) as (server, port, plain):
+            reader, writer = await until_proceed(port)
+            writer.write(as_records(hello, 1)[: 6 * (MAX_RECORDS + 1)])
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            assert answer == bytes.fromhex("15030100020228")  # handshake_failure
+            await until(lambda: not server.sessions, "the refused session to end")
+            assert server.stats.handshake_failures == 1 and not plain.writers
+            writer.close()
+
+    run("asyncio", scenario)

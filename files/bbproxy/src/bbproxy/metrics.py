@@ -47,7 +47,8 @@ TLS this proxy does: a passed-through session's handshake is Prosody's.
 * refused ``reason``: :data:`REFUSE_REASONS` (the proxy's admission reasons).
 * handshake failure ``reason``: ``timeout``, ``eof`` (the client left), ``legacy-not-allowed``
   (a legacy ClientHello from outside ``tls.legacy_networks``), ``bad-sni`` (an SNI host name
-  that is not ASCII), ``protocol-version``
+  that is not ASCII), ``fragmented-hello`` (a ClientHello split over more than 512 records),
+  ``protocol-version``
   (no TLS version in common: SSLv3-only clients, or a client below ``min_tls``),
   ``no-shared-cipher``, ``certificate-rejected`` (the client did not accept our
   certificate), ``not-tls`` (plain text or HTTP on a TLS port), ``client-alert`` (another
@@ -201,6 +202,7 @@ _HANDSHAKE_FAILURES: Final = {
     "RECORD_LENGTH_MISMATCH": "not-tls",
     "LEGACY_NOT_ALLOWED": "legacy-not-allowed",
     "SNI_NOT_ASCII": "bad-sni",
+    "FRAGMENTED_HELLO": "fragmented-hello",
 }
 _ALERT_PREFIXES: Final = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 

@@ -47,7 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
 from . import logsink, proxy_protocol
-from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, fingerprint
+from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused, fingerprint
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
@@ -67,6 +67,7 @@ _RECV_BUFFER: Final = memoryview(bytearray(256 * 1024))
 # version, not from here") and illegal_parameter (an SNI host name that is not ASCII).
 ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
 ALERT_ILLEGAL_PARAMETER: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F))
+ALERT_HANDSHAKE_FAILURE: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
 _TLS_1_2: Final = 0x0303
 _ids = itertools.count(1)
 _GT: Final = 0x3E  # ">"
@@ -287,6 +288,10 @@ class ClientSession(asyncio.BufferedProtocol):
         assert isinstance(parser, ClientHelloParser)
         try:
             hello = parser.feed(data)
+        except ClientHelloRefused as exc:
+            self._hello = str(exc)
+            self._refuse(ALERT_HANDSHAKE_FAILURE, "fragmented-hello", "handshake refused", str(exc))
+            return
         except ClientHelloError as exc:
             if not parser.buffered:  # only whitespace, and too much of it: no TLS to answer
                 self.server.handshake_failed(self, "not-tls")
