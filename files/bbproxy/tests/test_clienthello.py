@@ -24,9 +24,9 @@ from bbproxy.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloParser,
-    fingerprint,
     is_grease,
 )
+from bbproxy.fingerprints import identify
 from bbproxy.tls import cipher_string
 
 from .helpers import as_records, handshake_message, supported_versions, with_extension
@@ -79,10 +79,11 @@ def test_fingerprint_is_ja3_and_summary_shared_by_equal_hellos() -> None:
     data = [python_hello(ssl.TLSVersion.TLSv1) for _ in range(2)]
     first, second = (parse_all(d, 4096) for d in data)
     assert data[0] != data[1] and first is not None and second is not None and first is not second
-    assert fingerprint(first) == (first.ja3(), first.summary())
-    assert fingerprint(second) is fingerprint(first)
+    who = identify(first)
+    assert (who.ja3, who.summary.split(" ja4=")[0]) == (first.ja3(), first.summary())
+    assert identify(second) is who
     other = parse_all(python_hello(ssl.TLSVersion.TLSv1, sni="other.test"), 4096)
-    assert other is not None and fingerprint(other)[1] != fingerprint(first)[1]
+    assert other is not None and identify(other).summary != who.summary
 
 
 def test_tls13_hello_names_every_offered_version_and_groups() -> None:

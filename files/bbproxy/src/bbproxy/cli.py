@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, logsink, memory
+from . import __version__, fingerprints, logsink, memory
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
 from .server import ListenError, load_contexts, run
@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         contexts = load_contexts(settings)
         loop_name, new_loop = loop_factory(settings.loop)
         metrics = Metrics() if settings.metrics_listen is not None else NullMetrics()
-    except (ConfigError, CertificateError, MetricsUnavailable) as exc:
+        fingerprints.use(fingerprints.load(settings.fingerprints))
+    except (ConfigError, CertificateError, MetricsUnavailable, fingerprints.FingerprintTableError) as exc:
         print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:

@@ -10,7 +10,6 @@ who is passed through to Prosody's. Bounded in size; any malformed input is a
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ _EXT_SERVER_NAME: Final = 0
 _EXT_GROUPS: Final = 10
 _EXT_POINT_FORMATS: Final = 11
 _EXT_ALPN: Final = 16
+_EXT_SIGALGS: Final = 13
 _EXT_SUPPORTED_VERSIONS: Final = 43
 _EXT_READ: Final = frozenset(
-    {_EXT_SERVER_NAME, _EXT_GROUPS, _EXT_POINT_FORMATS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS}
+    {_EXT_SERVER_NAME, _EXT_GROUPS, _EXT_POINT_FORMATS, _EXT_SIGALGS, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS}
 )
 _EXT_HEADER: Final = struct.Struct("!HH")  # extension type, data length
 _RECORD_HEADER: Final = struct.Struct("!BHH")  # content type, version, length
@@ -73,6 +73,7 @@ class ClientHello:
     point_formats: tuple[int, ...]
     sni: str | None
     alpn: tuple[str, ...]
+    sigalgs: tuple[int, ...] = ()  # signature_algorithms, in the client's order (JA4)
 
     @property
     def max_version(self) -> int:
@@ -104,9 +105,10 @@ class ClientHello:
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
-    def family(self, ja3: str | None = None) -> str:
-        """``TLSv1/<ja3>``: a bounded label for counting devices of one kind (metrics)."""
-        return f"{_version_name(self.max_version)}/{ja3 or self.ja3()}"
+    def family(self, name: str | None = None) -> str:
+        """``TLSv1/<name>``: a label for counting devices of one kind (metrics); ``name`` is the
+        family name from bbproxy.fingerprints (the JA3 hash when none is given)."""
+        return f"{_version_name(self.max_version)}/{name or self.ja3()}"
 
     def summary(self, ja3: str | None = None) -> str:
         """One log-friendly line; no field comes from the client unescaped.
@@ -120,18 +122,6 @@ class ClientHello:
             f"alpn={','.join(_safe(p) for p in self.alpn) or '-'} groups={_hex_list(self.groups)} "
             f"ja3={ja3 or self.ja3()}"
         )
-
-
-@functools.lru_cache(maxsize=256)
-def fingerprint(hello: ClientHello) -> tuple[str, str]:
-    """``(ja3, summary)`` of a ClientHello, cached by value.
-
-    A device sends the same ClientHello every time (the random and the session id are not kept
-    in :class:`ClientHello`), so each kind of device is hashed and formatted once, not on every
-    legacy handshake it makes. Bounded: a client making up new hellos only evicts entries.
-    """
-    ja3 = hello.ja3()
-    return ja3, hello.summary(ja3)
 
 
 def _version_name(value: int) -> str:
@@ -313,6 +303,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     extensions: list[int] = []
     groups: tuple[int, ...] = ()
     point_formats: tuple[int, ...] = ()
+    sigalgs: tuple[int, ...] = ()
     versions: tuple[int, ...] = ()
     sni: str | None = None
     alpn: tuple[str, ...] = ()
@@ -334,6 +325,8 @@ def parse_client_hello(body: bytes) -> ClientHello:
                 groups = _u16_list(data.vector(2))
             elif ext_type == _EXT_POINT_FORMATS:
                 point_formats = tuple(data.vector(1))
+            elif ext_type == _EXT_SIGALGS:
+                sigalgs = _u16_list(data.vector(2))
             elif ext_type == _EXT_SUPPORTED_VERSIONS:
                 versions = _u16_list(data.vector(1))
             elif ext_type == _EXT_SERVER_NAME and data.data:
@@ -357,6 +350,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
         point_formats=point_formats,
         sni=sni,
         alpn=alpn,
+        sigalgs=sigalgs,
     )
 
 

@@ -113,6 +113,7 @@ class Settings:
     send_proxy_protocol: str = "off"
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     config_file: Path | None = None
+    fingerprints: Path | None = None  # the operator's names for client fingerprints
 
 
 def parse_address(value: object, key: str) -> Address:
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", metavar="HOST:PORT", help="Prometheus endpoint, e.g. 127.0.0.1:9522 (off)"
     )
     p.add_argument("--send-proxy-protocol", choices=PROXY_PROTOCOLS, help="PROXY header to the backend (off)")
+    p.add_argument(
+        "--fingerprints", metavar="FILE", help="your own names for client fingerprints (docs/census.md)"
+    )
     p.add_argument("--tls-routing", choices=TLS_ROUTINGS, help="who gets Prosody's own TLS (terminate-all)")
     p.add_argument(
         "--tls-backend", metavar="HOST:PORT", help=f"Prosody's direct-TLS port ({DEFAULT_TLS_BACKEND})"
@@ -196,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 _TOP_KEYS: Final = {
     "listen", "direct_tls_listen", "backend", "domains", "min_tls", "cert", "key",
     "certificates", "limits", "log_level", "loop", "workers", "metrics_listen", "send_proxy_protocol",
-    "tls",
+    "tls", "fingerprints",
 }  # fmt: skip
 
 
@@ -428,4 +432,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ),
         tls=tls,
         config_file=config_file,
+        fingerprints=_optional_path(pick(args.fingerprints, "fingerprints", ""), "fingerprints"),
     )
+
+
+def _optional_path(value: object, key: str) -> Path | None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a file path")
+    return Path(value) if value else None

@@ -25,7 +25,7 @@ name                                                    type       meaning
 ``bbproxy_handshake_duration_seconds``                  histogram  handshake time, 1 ms .. 30 s buckets
 ``bbproxy_tls_routes_total{listener,route}``            counter    ClientHellos: ``terminate`` (our TLS),
                                                                    ``passthrough`` (Prosody's), ``refused``
-``bbproxy_legacy_clients_total{family}``                counter    legacy ClientHellos by ``TLSv1/<ja3>``
+``bbproxy_legacy_clients_total{family}``                counter    legacy ClientHellos by ``TLSv1/<family>``
 ``bbproxy_relayed_bytes_total{direction}``              counter    bytes, ``client_to_backend`` and
                                                                    ``backend_to_client`` (plaintext; TLS
                                                                    records for passed-through sessions)
@@ -318,7 +318,7 @@ class NullMetrics:
         """A ClientHello was routed: our TLS (terminate), Prosody's (passthrough), or refused."""
 
     def legacy_client(self, family: str) -> None:
-        """A legacy ClientHello (``TLSv1/<ja3>``) was served or refused."""
+        """A legacy ClientHello (``TLSv1/<family>``) was served or refused."""
 
     def handshake_failed(self, listener: str, reason: str) -> None:
         """A TLS handshake failed; ``reason`` is the OpenSSL reason or ``timeout``."""
@@ -479,7 +479,7 @@ class Metrics:
         )
         yield counter(
             "bbproxy_legacy_clients",
-            "Legacy (below TLS 1.2) ClientHellos by fingerprint family: highest version/JA3 hash.",
+            "Legacy (below TLS 1.2) ClientHellos by highest version/fingerprint family (or unknown:<JA4>).",
             ("family",),
             (((k,), v) for k, v in self._legacy_clients.items()),
         )

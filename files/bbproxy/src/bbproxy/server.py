@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from . import memory, notify
+from . import fingerprints, memory, notify
 from .config import Address, Settings
 from .limits import PerIpLimiter, covers_everything, in_networks
 from .metrics import LiveTotals, Metrics, NullMetrics
@@ -260,6 +260,10 @@ class ProxyServer:
             log.error("reload refused, still serving the previous certificates: %s", exc)
         else:
             log.info("certificates reloaded")
+        try:
+            fingerprints.use(fingerprints.load(self.settings.fingerprints))
+        except fingerprints.FingerprintTableError as exc:
+            log.error("fingerprint names not reloaded, still using the previous ones: %s", exc)
         notify.send("READY=1")
 
     async def close_listeners(self) -> None:

@@ -47,7 +47,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, cast
 
 from . import logsink, proxy_protocol
-from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused, fingerprint
+from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
+from .fingerprints import identify
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 
@@ -308,7 +309,7 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def _route(self, hello: ClientHello, raw: bytes) -> None:
         policy = self.server.settings.tls
-        named = bool(policy.legacy_ja3) and fingerprint(hello)[0] in policy.legacy_ja3
+        named = bool(policy.legacy_ja3) and identify(hello).ja3 in policy.legacy_ja3
         legacy = hello.max_version < _TLS_1_2 or named
         if hello.sni is not None and not hello.sni.isascii():
             # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
@@ -359,12 +360,14 @@ class ClientSession(asyncio.BufferedProtocol):
         self._continue_handshake()
 
     def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
+        """The fingerprint line, once per session; a legacy hello (offered, or negotiated with
+        ``legacy``) is also counted by family, whatever became of it."""
         hello = self._hello
         if isinstance(hello, ClientHello):
-            ja3, summary = fingerprint(hello)
-            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, summary)
-            if legacy:
-                self.server.legacy_client(hello.family(ja3))
+            who = identify(hello)
+            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, who.summary)
+            if legacy or hello.max_version < _TLS_1_2:
+                self.server.legacy_client(hello.family(who.name))
         elif isinstance(hello, str):
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, hello)
         self._hello = None
@@ -670,6 +673,11 @@ class ClientSession(asyncio.BufferedProtocol):
     def _close(self, reason: str) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.HANDSHAKE and self._hello is not None:
+            # The client hung up in the middle of our handshake (a device that does not trust
+            # the certificate often just leaves): a failed handshake, logged with its fingerprint.
+            self._log_fingerprint(f"handshake abandoned ({reason})")
+            self.server.handshake_failed(self, "eof")
         self.close_reason = self.close_reason or reason
         tls_up = self.state in (State.CONNECTING, State.RELAY, State.UNAVAILABLE)
         self.state = State.CLOSED

@@ -37,6 +37,7 @@ import re
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,13 +46,18 @@ from typing import Any
 
 import pytest
 
+from bbproxy import fingerprints
 from bbproxy.clienthello import ClientHelloError, ClientHelloParser
 
+from .. import testssl_data
+from ..testssl_data import Device, parse_client_simulation
 from .support import (
+    LOOPBACK,
     STARTTLS,
     ProxyFactory,
     RecordingBackend,
     connect,
+    free_port,
     open_stream,
     read_proceed,
 )
@@ -59,13 +65,8 @@ from .tls_records import Outcome, ServerFlightReader
 
 pytestmark = pytest.mark.integration
 
-TESTSSL_PACKAGE = "testssl.sh"
-# Debian 12's package (3.0.8) installs it in /etc/testssl; the second path (named in issue 16) is
-# tried too, for other package layouts.
-TESTSSL_CANDIDATES = (
-    Path("/etc/testssl/client-simulation.txt"),
-    Path("/usr/share/testssl/etc/client-simulation.txt"),
-)
+TESTSSL_PACKAGE = testssl_data.PACKAGE
+TESTSSL_CANDIDATES = testssl_data.CANDIDATES
 TABLE = Path(__file__).parent / "data" / "device_hellos.json"
 UPDATE = os.environ.get("BBPROXY_UPDATE_DEVICE_HELLOS") == "1"
 ANSWER_TIMEOUT = 10.0  # per hello; the proxy answers in milliseconds
@@ -92,43 +93,6 @@ PROFILES = {
         {"tls": {"legacy_plain_rsa": True}},
     ),
 }
-
-
-@dataclass(frozen=True)
-class Device:
-    name: str
-    short: str
-    hello: bytes
-
-
-_ASSIGNMENT = re.compile(r'^\s*(\w+)\+=\((?:"(.*)"|(.*))\)\s*$')
-
-
-def parse_client_simulation(text: str) -> list[Device]:
-    """testssl.sh's client-simulation.txt: blocks of bash ``field+=("value")`` lines, one block
-    per client, each starting with ``names+=``. Only name, short name and hello are kept."""
-    blocks: list[dict[str, str]] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _ASSIGNMENT.match(line)
-        if match is None:
-            raise ValueError(f"line {number}: not a field+=(value) line: {line.strip()[:60]!r}")
-        field, value = match.group(1), match.group(2) if match.group(2) is not None else match.group(3)
-        if field == "names":
-            blocks.append({})
-        elif not blocks:
-            raise ValueError(f"line {number}: {field} before the first names+=")
-        blocks[-1][field] = value
-    devices = []
-    for block in blocks:
-        if "handshakebytes" not in block or "short" not in block:
-            raise ValueError(f"{block.get('names')!r}: no short name or handshakebytes")
-        devices.append(Device(block["names"], block["short"], bytes.fromhex(block["handshakebytes"])))
-    names = [d.name for d in devices]
-    if len(set(names)) != len(names):
-        raise ValueError("a client name appears twice")
-    return devices
 
 
 def client_simulation_file() -> Path:
@@ -311,3 +275,45 @@ def test_missing_testssl_file_fails_naming_the_package(monkeypatch: pytest.Monke
     monkeypatch.setattr(sys.modules[__name__], "TESTSSL_CANDIDATES", (Path("/nonexistent/sim.txt"),))
     with pytest.raises(pytest.fail.Exception, match=re.escape("apt-get install testssl.sh")):
         client_simulation_file()
+
+
+def test_every_device_is_logged_and_counted_by_its_family_name(
+    devices: list[Device], proxy_factory: ProxyFactory, recording_backend: RecordingBackend
+) -> None:
+    """Names, not hashes (issue 20): each replayed hello's log line ends in the family name the
+    shipped table (tools/fingerprint_table.py) gives its JA4, and each legacy one is counted in
+    bbproxy_legacy_clients_total under that name. A few families are spelled out here so that a
+    table that lost its names fails too."""
+    metrics_port = free_port()
+    proxy = proxy_factory(
+        backend=recording_backend.address,
+        cert="rsa+ecdsa",
+        config={"metrics_listen": f"{LOOPBACK}:{metrics_port}"},
+    )
+    run_all(devices, lambda d: str(replay(proxy.port, d.hello)))
+    expected: dict[str, str] = {}
+    for device in devices:
+        hello = ClientHelloParser().feed(device.hello)
+        assert hello is not None
+        expected[device.name] = fingerprints.identify(hello).name
+    for name, family in {
+        "Java 7u25": "java-7u25",
+        "IE 10 Win Phone 8.0": "ie-10-win-phone-8.0",
+        "Android 4.3": "android-4.2.2-4.3",
+        "Android 4.0.4": "android-4.0.4",
+    }.items():
+        assert expected[name] == family, f"{name}: the table calls it {expected[name]!r}"
+    assert not [n for n in expected.values() if n.startswith("unknown:")], "a testssl.sh client has no name"
+    deadline = time.monotonic() + 10
+    while (logged := re.findall(r" family=(\S+)$", proxy.log_text(), re.MULTILINE)) and len(logged) < len(
+        devices
+    ):
+        assert time.monotonic() < deadline, f"{len(logged)} fingerprint lines for {len(devices)} hellos"
+        time.sleep(0.05)
+    assert sorted(logged) == sorted(expected.values())
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counted = set(
+        re.findall(r'^bbproxy_legacy_clients_total\{family="TLSv1[.1]*/([^"]+)"\}', text, re.MULTILINE)
+    )
+    assert {"java-7u25", "ie-10-win-phone-8.0", "android-4.2.2-4.3"} <= counted, sorted(counted)
