@@ -27,9 +27,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # What the layers need on the machine. prosody/socat/lua5.4: the proxy's integration tests
 # run a private Prosody on loopback; testssl.sh: its client simulations are the real device
-# ClientHellos test_device_hellos.py replays; podman/runc/iptables/debootstrap: the test containers.
+# ClientHellos test_device_hellos.py replays; podman/runc/iptables/debootstrap: the test containers;
+# libstrophe0 ... default-jdk-headless: the interop matrix's clients (docs/interop.md).
 APT_PACKAGES := podman runc iptables debootstrap debian-archive-keyring prosody socat lua5.4 \
-	testssl.sh openssl make python3 python3-venv ca-certificates git
+	testssl.sh openssl make python3 python3-venv ca-certificates git \
+	libstrophe0 go-sendxmpp sendxmpp python3-nbxmpp default-jdk-headless
 # Only for the measurements (peers in the benchmark); `make deps` run through these targets
 # installs them too (target-specific variables reach the prerequisites).
 bench torture security: APT_PACKAGES += haproxy stunnel4
@@ -41,7 +43,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
-.PHONY: help deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
+.PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
 	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
 	torture security tlsfuzzer
 
@@ -51,6 +53,7 @@ help:
 	@echo "make test             every layer below (what CI runs)"
 	@echo "  make deps           apt packages (only when root and missing)"
 	@echo "  make venv           .venv/ from requirements-dev.txt (+ files/bbproxy editable)"
+	@echo "  make interop-deps   .interop/: the npm client of the interop matrix (pinned)"
 	@echo "  make image          Debian 12 systemd image (cached by tag)"
 	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck, role docs"
 	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
@@ -102,6 +105,21 @@ $(VENV)/.bbproxy.stamp: $(VENV)/.requirements.stamp $(BBPROXY_PYPROJECT)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# xmpp.js for the interop matrix (tests/integration/test_interop.py), pinned, inside the repo
+# (.interop/ is ignored). Needs Node >= 20.10 with npm, which Debian 12 does not ship: without
+# it this says so and the matrix's xmpp.js cells fail with the same hint.
+XMPPJS_VERSION := 0.14.0
+INTEROP_NPM := $(CURDIR)/.interop
+interop-deps: $(INTEROP_NPM)/.xmppjs-$(XMPPJS_VERSION).stamp
+
+$(INTEROP_NPM)/.xmppjs-$(XMPPJS_VERSION).stamp:
+	@if ! command -v npm >/dev/null; then \
+	  echo "interop-deps: npm not found; install Node >= 20.10 (e.g. NodeSource nodejs 20) for xmpp.js"; \
+	else \
+	  npm install --prefix $(INTEROP_NPM) --no-audit --no-fund --no-save @xmpp/client@$(XMPPJS_VERSION) \
+	    && touch $@; \
+	fi
 
 image:
 	molecule/image/build.sh bookworm
@@ -166,7 +184,7 @@ lint-types:
 	  cd files/bbproxy && $(BIN)/mypy src; \
 	fi
 
-test-python: venv
+test-python: venv interop-deps
 	$(call pytest_layer,bbproxy,required,files/bbproxy/tests)
 	$(call pytest_layer,tools,optional,tools/tests)
 
