@@ -27,7 +27,7 @@ from bbproxy.clienthello import (
     is_grease,
 )
 from bbproxy.fingerprints import identify
-from bbproxy.tls import cipher_string
+from bbproxy.tls import Policy, cipher_string
 
 from .helpers import as_records, handshake_message, supported_versions, with_extension
 
@@ -43,7 +43,7 @@ def python_hello(
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version = ctx.maximum_version = version
     if version < ssl.TLSVersion.TLSv1_2:
-        ctx.set_ciphers(cipher_string("1.0"))
+        ctx.set_ciphers(cipher_string(Policy.LEGACY))
     if alpn:
         ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()

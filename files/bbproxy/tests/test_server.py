@@ -20,7 +20,7 @@ import trustme
 
 from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
-from bbproxy.tls import CertPair, build_context, self_test
+from bbproxy.tls import CertPair, Policy, build_context, has_legacy_policy, self_test
 
 from .helpers import DEADLINE, client_context, free_port, run
 from .test_relay import PROCEED
@@ -299,7 +299,8 @@ def test_self_test_handshakes_at_the_lowest_promised_version(
     min_tls: str, two_domains: tuple[trustme.CA, dict[str, CertPair]]
 ) -> None:
     _, pairs = two_domains
-    ctx = build_context(pairs["a.test"], min_tls)
+    policy = Policy.LEGACY if has_legacy_policy(min_tls) else Policy.MODERN
+    ctx = build_context(pairs["a.test"], policy, min_tls)
     assert self_test(ctx, min_tls) is None
 
 
@@ -307,7 +308,7 @@ def test_self_test_fails_when_the_context_cannot_do_the_version(
     two_domains: tuple[trustme.CA, dict[str, CertPair]],
 ) -> None:
     _, pairs = two_domains
-    modern_only = build_context(pairs["a.test"], "1.2")  # as if OpenSSL had no TLS 1.0
+    modern_only = build_context(pairs["a.test"], Policy.MODERN, "1.2")  # as if OpenSSL had no TLS 1.0
     problem = self_test(modern_only, "1.0")
     assert problem is not None and problem != ""
 

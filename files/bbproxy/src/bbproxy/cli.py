@@ -58,13 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bbproxy: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls})")
+        print(
+            f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls}); "
+            + contexts.describe()
+        )
         return 0
     setup_logging(settings.log_level)
     memory.tune_for_relay()  # before any relay buffer exists; forked workers inherit it
     log.info(
         "bbproxy %s starting on the %s event loop, %d worker(s)", __version__, loop_name, settings.workers
     )
+    log.info("%s", contexts.describe())
 
     def serve(on_ready: Callable[[], None] | None, reuse_port: bool, worker: int = 0) -> int:
         try:

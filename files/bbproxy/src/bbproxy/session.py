@@ -300,6 +300,10 @@ class ClientSession(asyncio.BufferedProtocol):
                 return
             # Not ours to judge: OpenSSL answers it with the right alert, and it is logged. (The
             # legacy allow-list still holds: the negotiated version is checked after the handshake.)
+            # Both policies in one context (no hello read, no class): a device is not lost to a
+            # parser limit, and only a client's own unreadable hello can get it there.
+            assert self._ctx is not None
+            self._ctx = self.server.contexts.choose(self._ctx, None, legacy_chain=False)
             self._hello = f"unparsable ClientHello ({exc})"
             self._terminate(parser.buffered)
             return
@@ -311,6 +315,10 @@ class ClientSession(asyncio.BufferedProtocol):
         policy = self.server.settings.tls
         named = bool(policy.legacy_ja3) and identify(hello).ja3 in policy.legacy_ja3
         legacy = hello.max_version < _TLS_1_2 or named
+        # Which TLS policy, should we terminate (here or after a failed splice): legacy only
+        # for a hello that cannot use the modern one; the legacy chain for legacy clients.
+        assert self._ctx is not None
+        self._ctx = self.server.contexts.choose(self._ctx, hello, legacy_chain=legacy)
         if hello.sni is not None and not hello.sni.isascii():
             # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
             # even decode such a name and prints a traceback, so refuse it here, with a reason.
@@ -329,9 +337,6 @@ class ClientSession(asyncio.BufferedProtocol):
                 legacy=True,
             )
         elif legacy or policy.routing == "terminate-all":
-            legacy_ctx = self.server.contexts.legacy
-            if legacy and legacy_ctx is not None:
-                self._ctx = legacy_ctx  # the chain old devices trust, for every domain
             self._terminate(raw)
         else:
             self._splice(raw)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from bbproxy.tls import ALPN_XMPP_CLIENT, TLS_VERSIONS, cipher_string
+from bbproxy.tls import ALPN_XMPP_CLIENT, MODERN_SUITES, TLS_VERSIONS, Policy, cipher_string
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # files/bbproxy
 REPO_ROOT = PACKAGE_DIR.parents[1]
@@ -749,10 +749,11 @@ TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_
 
 
 def s_server_argv(cert: Path, key: Path, port: int, directory: Path) -> list[str]:
-    """``openssl s_server -www`` set up as the proxy's direct-TLS context (tls.py): the reference.
+    """``openssl s_server -www`` set up as the proxy's direct-TLS contexts (tls.py): the reference.
 
-    Same certificate chain and key, TLS 1.0-1.3, the same cipher string (``@SECLEVEL=0``
-    included), server preference, no renegotiation, ALPN ``xmpp-client``. s_server's ``-cert``
+    Same certificate chain and key, TLS 1.0-1.3, the suites of both policy classes in one
+    cipher string (``@SECLEVEL=0`` included: s_server cannot pick a context by the hello),
+    server preference, no renegotiation, no tickets, ALPN ``xmpp-client``. s_server's ``-cert``
     takes only the leaf, so the rest of the chain file goes to ``-cert_chain`` (in ``directory``).
     """
     openssl = shutil.which("openssl")
@@ -770,10 +771,11 @@ def s_server_argv(cert: Path, key: Path, port: int, directory: Path) -> list[str
         argv += ["-cert_chain", str(chain)]
     argv += [
         "-min_protocol", "TLSv1",
-        "-cipher", cipher_string("1.0"),
+        "-cipher", f"{MODERN_SUITES}:{cipher_string(Policy.LEGACY)}",
         "-ciphersuites", TLS13_SUITES,
         "-serverpref",
         "-no_renegotiation",
+        "-no_ticket",
         "-alpn", ALPN_XMPP_CLIENT,
     ]  # fmt: skip
     return argv

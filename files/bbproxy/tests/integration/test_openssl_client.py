@@ -65,3 +65,31 @@ def test_min_tls_refuses_older_versions(proxy_factory: ProxyFactory, prosody: Pr
     assert refused.returncode != 0, refused.output
     accepted = run_s_client(proxy.port, version_flag="-tls1_2", cafile=certs.cafile)
     assert_negotiated(accepted.output, accepted.returncode, accepted.protocol, "TLSv1.2")
+
+
+@pytest.mark.parametrize("cert", ["rsa", "ecdsa"])
+def test_tls12_client_offering_only_sha1_signatures_gets_no_sha1_signature(
+    shared_proxies: ProxyFactory, certs: Certs, cert: str
+) -> None:
+    """A TLS 1.2 client (AEAD suites) whose signature_algorithms name only SHA-1 must not get a
+    SHA-1-signed key exchange (issue 15 item 4): it gets the modern context, at OpenSSL's
+    default security level, which refuses. Before the split, @SECLEVEL=0 on the one context let
+    OpenSSL sign its ServerKeyExchange with SHA-1. The client runs at SECLEVEL=0, or it would
+    not even offer SHA-1."""
+    proxy = shared_proxies(cert=cert)
+    key = "RSA" if cert == "rsa" else "ECDSA"
+    sha1 = run_s_client(
+        proxy.port, version_flag="-tls1_2", cafile=certs.cafile,
+        extra=["-cipher", "DEFAULT:@SECLEVEL=0", "-sigalgs", f"{key}+SHA1"],
+    )  # fmt: skip
+    assert "Peer signing digest: SHA1" not in sha1.output, sha1.output
+    # Refused: no signature algorithm in common, a handshake_failure alert and no cipher.
+    assert sha1.returncode != 0 and "alert handshake failure" in sha1.output, sha1.output
+    assert sha1.cipher in (None, "(NONE)"), sha1.output
+    # The control: the same client with SHA-256 signatures gets its TLS 1.2 handshake.
+    sha256 = run_s_client(
+        proxy.port, version_flag="-tls1_2", cafile=certs.cafile,
+        extra=["-cipher", "DEFAULT:@SECLEVEL=0", "-sigalgs", f"{key}+SHA256"],
+    )  # fmt: skip
+    assert_negotiated(sha256.output, sha256.returncode, sha256.protocol, "TLSv1.2")
+    assert "Peer signing digest: SHA256" in sha256.output, sha256.output

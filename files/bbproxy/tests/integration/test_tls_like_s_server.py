@@ -164,19 +164,41 @@ def test_warning_alerts_behind_the_hello_and_close_notify_as_from_s_server(
             assert client.close() == [ALERT]
 
 
-def test_session_id_resumption_at_tls_1_2(target: Connect, certs: Certs) -> None:
-    """A TLS 1.2 client without tickets resumes by session ID on its next connection."""
-    ctx = client_context("1.2", certs.cafile)
-    ctx.options |= ssl.OP_NO_TICKET  # the session ID, not a ticket (that is another test)
+@pytest.mark.parametrize("version", ["1.2", "1.0"])
+def test_session_id_resumption(target: Connect, certs: Certs, version: str) -> None:
+    """A client resumes by session ID on its next connection, at TLS 1.2 (the modern context)
+    and at TLS 1.0 (the legacy one): each class's context keeps its own session cache."""
+    ctx = client_context(version, certs.cafile)
+    ctx.options |= ssl.OP_NO_TICKET  # the session ID, not a ticket
     with target() as sock:
         first = Client(sock, ctx)
-        assert first.handshake("1.2") == "ok"
+        assert first.handshake(version) == "ok"
         assert first.close() == [ALERT]
         session = first.tls.session
     assert session is not None and session.id
     with target() as sock:
         second = Client(sock, ctx, session=session)
-        assert second.handshake("1.2") == "ok"
+        assert second.handshake(version) == "ok"
         assert second.tls.session_reused
         assert second.tls.session is not None and second.tls.session.id == session.id
+        assert second.close() == [ALERT]
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.0"])
+def test_no_session_tickets_and_a_ticket_client_still_resumes(
+    target: Connect, certs: Certs, version: str
+) -> None:
+    """Tickets are off (docs/security.md, "Tickets and forward secrecy"): a client that asks for
+    one gets none, and resumes by the session ID it also sent."""
+    ctx = client_context(version, certs.cafile)  # tickets allowed: the client asks for one
+    with target() as sock:
+        first = Client(sock, ctx)
+        assert first.handshake(version) == "ok"
+        assert first.close() == [ALERT]
+        session = first.tls.session
+    assert session is not None and session.id and not session.has_ticket
+    with target() as sock:
+        second = Client(sock, ctx, session=session)
+        assert second.handshake(version) == "ok"
+        assert second.tls.session_reused
         assert second.close() == [ALERT]

@@ -24,8 +24,11 @@ from .tls_records import (
 )
 
 
-def server_context(pair: CertPair, min_tls: str) -> ssl.SSLContext:
-    return tls.build_context(tls.CertPair(pair.cert, pair.key), min_tls)
+def server_context(pair: CertPair, min_tls: str, client_version: str = "1.2") -> ssl.SSLContext:
+    """The proxy's context that a client of ``client_version`` gets (its policy class)."""
+    legacy = client_version in ("1.0", "1.1") and tls.has_legacy_policy(min_tls)
+    policy = tls.Policy.LEGACY if legacy else tls.Policy.MODERN
+    return tls.build_context(tls.CertPair(pair.cert, pair.key), policy, min_tls)
 
 
 def first_flight(server: ssl.SSLContext, client: ssl.SSLContext) -> bytes:
@@ -79,7 +82,7 @@ def refragment(flight: bytes, size: int) -> bytes:
 def test_negotiated_in_any_chunking_and_fragmentation(
     certs: Certs, kind: str, version: str, expected: Negotiated
 ) -> None:
-    flight = first_flight(server_context(certs.pair(kind), "1.0"), client_context(version, None))
+    flight = first_flight(server_context(certs.pair(kind), "1.0", version), client_context(version, None))
     assert read(flight) == expected
     assert read(flight, chunk=1) == expected
     assert read(refragment(flight, 7)) == expected
@@ -87,7 +90,7 @@ def test_negotiated_in_any_chunking_and_fragmentation(
 
 
 def test_alert_before_any_server_hello(certs: Certs) -> None:
-    flight = first_flight(server_context(certs.rsa, "1.2"), client_context("1.0", None))
+    flight = first_flight(server_context(certs.rsa, "1.2", "1.0"), client_context("1.0", None))
     assert read(flight) == Alert("fatal", "protocol_version")
     assert str(read(flight)) == "alert fatal protocol_version"
 
