@@ -46,6 +46,11 @@ def loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["census"]:  # bbproxy census ...: a report from the logs, not a server
+        from . import census
+
+        return census.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
