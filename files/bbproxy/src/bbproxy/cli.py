@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, logsink, memory
+from . import __version__, logsink, memory, notify
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
-from .server import ListenError, load_contexts, run
+from .server import ListenError, adopt_sockets, load_contexts, run
 from .tls import CertificateError
 from .workers import Supervisor
 
@@ -65,10 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bbproxy %s starting on the %s event loop, %d worker(s)", __version__, loop_name, settings.workers
     )
 
+    # Socket activation (bbproxy.socket): read once, before any fork; workers share the sockets.
+    try:
+        inherited = adopt_sockets(notify.listen_fds())
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
+    if inherited:
+        log.info("%d listening socket(s) from systemd", len(inherited))
+
     def serve(on_ready: Callable[[], None] | None, reuse_port: bool, worker: int = 0) -> int:
         try:
             with asyncio.Runner(loop_factory=new_loop) as runner:
-                runner.run(run(settings, contexts, on_ready, reuse_port, metrics, worker))
+                runner.run(run(settings, contexts, on_ready, reuse_port, metrics, worker, inherited))
         except ListenError as exc:
             log.error("%s", exc)
             return 1
