@@ -101,8 +101,8 @@ show() {
   in_container "$(dirname "$proxy_bin")/python" -c \
     'import importlib.metadata as m, ssl, sys; print("bbproxy", m.version("bbproxy"), "on Python", sys.version.split()[0], "/", ssl.OPENSSL_VERSION)'
 
-  step "listening sockets (5222/5223: proxy on all addresses; 5200: Prosody, loopback only)"
-  in_container ss -Hltnp '( sport = :5222 or sport = :5223 or sport = :5200 )' | awk '{print $4, $6}' | sort
+  step "listening sockets (5222/5223: proxy on all addresses; 522: Prosody, loopback only)"
+  in_container ss -Hltnp '( sport = :5222 or sport = :5223 or sport = :522 )' | awk '{print $4, $6}' | sort
 
   step "firewall: ufw status verbose"
   in_container ufw status verbose

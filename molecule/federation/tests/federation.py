@@ -28,7 +28,7 @@ PROSODY_LOG = "/var/log/prosody/prosody.log"
 # The operator's include directory of the role (bbproxy_prosody_extra_config_include).
 PROSODY_INCLUDE_DIR = "/etc/prosody/bbproxy.d"
 S2S_PORT = 5269
-BACKEND_PORT = 5200
+BACKEND_PORT = 522  # bbproxy_backend_port: below 1024, so only Prosody can bind it
 STARTTLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 
 

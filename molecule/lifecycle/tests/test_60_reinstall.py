@@ -11,6 +11,6 @@ from support import LoginCheck, tcp_listeners
 def test_the_proxy_comes_back(host: Any, login_check: LoginCheck) -> None:
     expect_ok(run_site())
     assert running_version(host) == source_version()
-    assert 5200 in {listener.port for listener in tcp_listeners(host)}
+    assert 522 in {listener.port for listener in tcp_listeners(host)}
     result = login_check("1.0")
     assert result.returncode == 0, result.stdout + result.stderr

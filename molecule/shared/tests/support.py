@@ -117,6 +117,37 @@ def run_ok(host: Any, command: str) -> str:
     return str(result.stdout)
 
 
+# What a local user's process gets when it binds or connects: "ok", or the OSError's class name.
+_SOCKET_PROBE = """
+import socket, sys
+action, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+sock.settimeout(5)
+try:
+    if action == "bind":
+        sock.bind((address, port))
+        sock.listen(1)
+    else:
+        sock.connect((address, port))
+except OSError as exc:
+    print(type(exc).__name__)
+else:
+    print("ok")
+"""
+
+
+def socket_as(host: Any, user: str, action: str, address: str, port: int) -> str:
+    """Bind ("bind") or connect ("connect") to ADDRESS:PORT in the container as USER, without any
+    capability: "ok", or the error (PermissionError, ConnectionRefusedError, ...)."""
+    group = "nogroup" if user == "nobody" else user
+    command = (
+        f"setpriv --reuid={shlex.quote(user)} --regid={shlex.quote(group)} --init-groups "
+        f"--inh-caps=-all --bounding-set=-all python3 -c {shlex.quote(_SOCKET_PROBE)} "
+        f"{action} {shlex.quote(address)} {port}"
+    )
+    return run_ok(host, command).strip()
+
+
 def s_client(
     host: Any, port: int, domain: str, tls_flag: str, *, starttls: bool = True, address: str = "127.0.0.1"
 ) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from support import Scenario, run_ok, tcp_listeners
 
-BACKEND_PORT = 5200
+BACKEND_PORT = 522  # bbproxy_backend_port: below 1024, so only Prosody can bind it
 
 
 def proxy_ports(scenario: Scenario) -> list[int]:
@@ -37,7 +37,7 @@ def test_backend_listens_on_loopback_only(host: Any) -> None:
 
 
 def test_backend_is_prosody(host: Any) -> None:
-    # The process behind 5200 is Prosody (lua), not something else that happens to be there.
+    # The process behind the backend port is Prosody (lua), not something else that happens to be there.
     owners = run_ok(host, f"ss -Hltnp 'sport = :{BACKEND_PORT}'")
     assert "lua" in owners or "prosody" in owners, owners
 

@@ -24,20 +24,41 @@ from support import (
     read_until,
     run_ok,
     served_fingerprint,
+    socket_as,
     stream_header,
     tls10_cert_path,
     wait_for,
 )
 
+BACKEND_PORT = 522  # bbproxy_backend_port
+PROSODY_TLS_PORT = 523  # bbproxy_prosody_tls_port
+
 
 def test_prosody_restart_keeps_proxy_up(host: Any, login_check: LoginCheck) -> None:
     proxy_pid = main_pid(host, "bbproxy")
     run_ok(host, "systemctl restart prosody")
-    wait_for(lambda: listening(host, 5200), "Prosody to listen on 5200 again")
+    wait_for(lambda: listening(host, BACKEND_PORT), f"Prosody to listen on {BACKEND_PORT} again")
     assert host.service("bbproxy").is_running
     assert main_pid(host, "bbproxy") == proxy_pid, "restarting Prosody restarted the proxy"
     result = login_check("1.0")
     assert result.returncode == 0, f"no login after the Prosody restart: {result.stdout}{result.stderr}"
+
+
+def test_squatting_while_prosody_is_down_gets_nothing(host: Any, login_check: LoginCheck) -> None:
+    """Prosody stopped (as during a restart, an upgrade or a crash): its ports are free, yet a
+    local user still cannot take them."""
+    run_ok(host, "systemctl stop prosody")
+    try:
+        assert not listening(host, BACKEND_PORT)
+        for port in (BACKEND_PORT, PROSODY_TLS_PORT):
+            for address in ("127.0.0.1", "::1"):
+                got = socket_as(host, "nobody", "bind", address, port)
+                assert got == "PermissionError", f"nobody took [{address}]:{port} while Prosody was down: {got}"
+    finally:
+        run_ok(host, "systemctl start prosody")
+    wait_for(lambda: listening(host, BACKEND_PORT), f"Prosody to listen on {BACKEND_PORT} again")
+    result = login_check("1.0")
+    assert result.returncode == 0, f"no login after Prosody came back: {result.stdout}{result.stderr}"
 
 
 def legacy_client_context() -> ssl.SSLContext:

@@ -14,7 +14,7 @@
 -- Works with Prosody 0.12 and 13: mod_tls skips sessions whose ssl_ctx is false (and, on 13,
 -- sessions that are secure).
 
-local backend_ports = module:get_option_set("bbproxy_backend_ports", { 5200 });
+local backend_ports = module:get_option_set("bbproxy_backend_ports", { 522 });
 
 local function is_loopback(ip)
 	return type(ip) == "string" and (ip == "::1" or ip:match("^127%.") ~= nil or ip:match("^::ffff:127%.") ~= nil);

@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, fingerprints, logsink, memory
+from . import __version__, fingerprints, logsink, memory, notify
 from .config import ConfigError, Settings, build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
-from .server import ListenError, load_contexts, run
+from .server import ListenError, adopt_sockets, load_contexts, run
 from .tls import CertificateError
 from .workers import Supervisor
 
@@ -75,10 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log.info("%s", contexts.describe())
 
+    # Socket activation (bbproxy.socket): read once, before any fork; workers share the sockets.
+    try:
+        inherited = adopt_sockets(notify.listen_fds())
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
+    if inherited:
+        log.info("%d listening socket(s) from systemd", len(inherited))
+
     def serve(on_ready: Callable[[], None] | None, reuse_port: bool, worker: int = 0) -> int:
         try:
             with asyncio.Runner(loop_factory=new_loop) as runner:
-                runner.run(run(settings, contexts, on_ready, reuse_port, metrics, worker))
+                runner.run(run(settings, contexts, on_ready, reuse_port, metrics, worker, inherited))
         except ListenError as exc:
             log.error("%s", exc)
             return 1

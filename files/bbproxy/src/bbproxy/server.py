@@ -97,6 +97,44 @@ def open_socket(address: Address, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+def adopt_sockets(fds: list[int]) -> list[socket.socket]:
+    """Listening TCP sockets from descriptors systemd passed (socket activation)."""
+    sockets = []
+    for fd in fds:
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise ListenError(f"descriptor {fd} passed by systemd is not a listening TCP socket")
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def _sockaddr(address: Address) -> tuple[str, int]:
+    try:
+        infos = socket.getaddrinfo(
+            address.host,
+            address.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
+    host, port = infos[0][4][:2]
+    return str(host), int(port)
+
+
+def take_inherited(address: Address, inherited: list[socket.socket]) -> socket.socket | None:
+    """The inherited socket bound to ``address`` (removed from ``inherited``), if any."""
+    wanted = _sockaddr(address)
+    for sock in inherited:
+        host, port = sock.getsockname()[:2]
+        if (str(host), int(port)) == wanted:
+            inherited.remove(sock)
+            return sock
+    return None
+
+
 class ProxyServer:
     def __init__(
         self,
@@ -105,8 +143,12 @@ class ProxyServer:
         loop: asyncio.AbstractEventLoop,
         reuse_port: bool = False,
         metrics: Metrics | NullMetrics | None = None,
+        inherited: list[socket.socket] | None = None,
     ) -> None:
         self.settings = settings
+        # Listening sockets systemd holds for us (socket activation): they stay open in systemd
+        # while the proxy restarts, so clients queue in the backlog instead of being refused.
+        self.inherited = list(inherited or ())
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.metrics.set_live_source(self.live_totals)
         self.reuse_port = reuse_port
@@ -227,11 +269,19 @@ class ProxyServer:
         listeners = [Listener(a, True) for a in self.settings.listen]
         listeners += [Listener(a, False) for a in self.settings.direct_tls_listen]
         sockets = []
+        unclaimed = list(self.inherited)
         try:
             for listener in listeners:
-                sockets.append((listener, open_socket(listener.address, self.reuse_port)))
+                sock = take_inherited(listener.address, unclaimed)
+                if sock is None:
+                    sock = open_socket(listener.address, self.reuse_port)
+                sockets.append((listener, sock))
+            if unclaimed:
+                names = ", ".join(str(sock.getsockname()[:2]) for sock in unclaimed)
+                raise ListenError(f"systemd passed sockets no listener in the configuration names: {names}")
         except ListenError:
-            for _, sock in sockets:
+            # The process gives up; systemd keeps its own copies of the sockets it passed.
+            for sock in [sock for _, sock in sockets] + unclaimed:
                 sock.close()
             raise
         for listener, sock in sockets:
@@ -311,6 +361,7 @@ async def run(
     reuse_port: bool = False,
     metrics: Metrics | NullMetrics | None = None,
     worker: int = 0,
+    inherited: list[socket.socket] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``on_ready`` (default: sd_notify READY=1) once listening.
 
@@ -318,7 +369,9 @@ async def run(
     has its own counters.
     """
     loop = asyncio.get_running_loop()
-    server = ProxyServer(settings, contexts, loop, reuse_port=reuse_port, metrics=metrics)
+    server = ProxyServer(
+        settings, contexts, loop, reuse_port=reuse_port, metrics=metrics, inherited=inherited
+    )
     await server.start()
     metrics_server = None
     if isinstance(metrics, Metrics) and settings.metrics_listen is not None:
