@@ -359,7 +359,7 @@ class ClientSession(asyncio.BufferedProtocol):
             ja3, summary = fingerprint(hello)
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, summary)
             if legacy:
-                self.server.legacy_client(hello.family(ja3))
+                self.server.legacy_client(hello.family(ja3), refused=self.route == "refused")
         elif isinstance(hello, str):
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, hello)
         self._hello = None
