@@ -114,7 +114,10 @@ class ProxyServer:
         self.reuse_port = reuse_port
         limits = settings.limits
         self.per_ip = PerIpLimiter(
-            limits.max_connections_per_ip, limits.connect_rate_per_ip, limits.exempt_networks
+            limits.max_connections_per_ip,
+            limits.connect_rate_per_ip,
+            limits.exempt_networks,
+            ipv6_prefix=limits.ipv6_prefix,
         )
         self.contexts = contexts
         self.loop = loop
