@@ -15,12 +15,13 @@ HELLO reads the client's ClientHello (sans-IO, bounded in bytes and by the hands
 timeout) before any TLS state exists, and routes on it (issue 7): a legacy client (highest
 offered version below TLS 1.2) gets this proxy's TLS and the plaintext backend; with
 ``tls.routing = "legacy-only"`` everyone else is spliced, still encrypted, to Prosody's own
-direct-TLS port, the ClientHello replayed first (after a PROXY header naming the client when
-``send_proxy_protocol`` is on, as for the plaintext backend), so Prosody terminates their TLS
-(channel binding, its own TLS policy). If that port is down the session falls back to
-terminating. The handshake timeout still runs through the splice: it ends once Prosody has
-answered a second flight of the client (ClientHello, then Finished in a full handshake), so a
-client that sends a hello and stalls is closed like one that stalls on our own TLS.
+direct-TLS port, the ClientHello replayed first, so Prosody terminates their TLS (channel
+binding, its own TLS policy). No PROXY header goes there: Prosody 0.12 cannot read one in front
+of TLS (LuaSocket reads past the header, into the ClientHello, which OpenSSL then never sees).
+If that port is down the session falls back to terminating. The handshake timeout still runs
+through the splice: it ends once Prosody has answered a second flight of the client
+(ClientHello, then Finished in a full handshake), so a client that sends a hello and stalls is
+closed like one that stalls on our own TLS.
 
 UNAVAILABLE waits (bounded) for the client's post-TLS stream header and answers it with
 ``remote-connection-failed``: a stream error must follow a header that answers the client's
@@ -535,9 +536,6 @@ class ClientSession(asyncio.BufferedProtocol):
         server.handshake_done(self)
         early, self._early = self._early, b""
         self.bytes_up += len(early)
-        if server.settings.send_proxy_protocol != "off":
-            # Prosody's TLS port then reads a PROXY header first, as its plaintext port does.
-            early = self._proxy_header(server.settings.send_proxy_protocol) + early
         backend.write(early)
         if self.transport is not None:
             self.transport.resume_reading()
