@@ -14,7 +14,9 @@ front of it (``python -m bbproxy --config FILE``), both through the integration 
    messages; then more connections than ``max_connections`` (refused cleanly, counted in
    the proxy's log);
 2. hostile input: a seeded grammar/mutation generator in process against the sans-IO
-   parsers, a network share against the proxy, and the named attacks;
+   parsers, a network share against the proxy, and the named attacks; JA3 churn (a proxy of its
+   own with a narrowed tls.legacy_networks and metrics: TLS 1.0 hellos with their cipher order
+   shuffled, each a new fingerprint, must leave the legacy family series bounded);
 3. faults: Prosody restarted under load, a black-holed and a refusing backend, a garbage
    certificate + SIGHUP, then the good one + SIGHUP.
 
@@ -59,6 +61,7 @@ from torture_xmpp import LoginFailed, XmppSession  # noqa: E402
 # The integration tests' helpers (files/bbproxy/tests/integration/support.py), by module name so
 # that the import sorts the same wherever ruff runs from.
 support = importlib.import_module("tests.integration.support")
+ja3_churn_hellos = importlib.import_module("tests.helpers").ja3_churn
 DOMAIN = support.DOMAIN
 LOOPBACK = support.LOOPBACK
 PROSODY_CONFIG = support.PROSODY_CONFIG
@@ -116,6 +119,7 @@ class Scale:
     fuzz_pre_tls: int
     fuzz_hello: int
     fuzz_network: int
+    ja3_churn: int  # distinct legacy fingerprints sent from a refused address
     # faults
     restarts: int
     held_sessions: int
@@ -143,6 +147,7 @@ SHORT = Scale(
     fuzz_pre_tls=20_000,
     fuzz_hello=10_000,
     fuzz_network=300,
+    ja3_churn=500,
     restarts=2,
     held_sessions=4,
     backend_connect_timeout=1.5,
@@ -169,6 +174,7 @@ FULL = Scale(
     fuzz_pre_tls=100_000,
     fuzz_hello=50_000,
     fuzz_network=3000,
+    ja3_churn=5000,
     restarts=20,
     held_sessions=10,
     backend_connect_timeout=2.0,
@@ -546,18 +552,98 @@ def scenario_hostile(env: Env) -> dict[str, Any]:
     )
     after = env.sampler.now()
     tracebacks = env.log_count("Traceback") - tracebacks_before
+    churn = ja3_churn(env)
     lost = len(in_process["problems"]) + network["not_closed_within_bound"] + len(network["mismatches"])
-    lost += sum(not a["passed"] for a in attacks)
+    lost += sum(not a["passed"] for a in attacks) + (not churn["passed"])
     return {
         "in_process": in_process,
         "network": network,
         "attacks": attacks,
+        "ja3_churn": churn,
         "rss_kib_before": before.get("VmRSS"),
         "rss_kib_after": after.get("VmRSS"),
         "fds_before": before.get("fds"),
         "fds_after": after.get("fds"),
         "tracebacks": tracebacks,
         "lost": lost,
+    }
+
+
+def _legacy_families(metrics_port: int) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["family"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "bbproxy_legacy_clients"
+        for sample in family.samples
+    }
+
+
+def ja3_churn(env: Env) -> dict[str, Any]:
+    """Refused legacy hellos with made-up fingerprints must not grow the family series; a real
+    TLS 1.0 client from the allowed address still gets its own. A proxy of its own (metrics on,
+    tls.legacy_networks = 127.0.0.2 only, the churn comes from 127.0.0.1)."""
+    count, bound = env.scale.ja3_churn, env.scale.handshake_timeout + 5
+    metrics_port = free_port()
+    proxy = env.starter(
+        backend=f"{LOOPBACK}:{env.prosody.port}",
+        loop=env.loop,
+        direct_tls=True,
+        config={"metrics_listen": f"{LOOPBACK}:{metrics_port}", "tls": {"legacy_networks": ["127.0.0.2/32"]}},
+    )
+    hellos = ja3_churn_hellos(client_hello("1.0"), count, env.seed)
+    assert proxy.direct_tls_port is not None
+
+    def one(hello: bytes) -> bool:
+        with socket.create_connection((LOOPBACK, proxy.direct_tls_port), timeout=bound) as sock:
+            sock.sendall(hello)
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            return answer[:1] == b"\x15"  # an alert, then the close
+
+    start = time.monotonic()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            alerted = sum(pool.map(one, hellos))
+        churn_s = time.monotonic() - start
+        families_after_churn = _legacy_families(metrics_port)
+        with socket.create_connection(
+            (LOOPBACK, proxy.direct_tls_port), timeout=bound, source_address=("127.0.0.2", 0)
+        ) as raw:
+            ctx = client_context("1.0", env.certs.cafile)
+            with ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+                device_version = tls.version()
+        deadline = time.monotonic() + bound
+        families = _legacy_families(metrics_port)
+        while len(families) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            families = _legacy_families(metrics_port)
+    finally:
+        stop_process(proxy.proc)
+        proxy.stopped = True
+    device = [name for name in families if name.startswith("TLSv1/")]
+    passed = (
+        alerted == count
+        and families_after_churn == {"refused": count}
+        and device_version == "TLSv1"
+        and len(device) == 1
+        and families.get("refused") == count
+        and len(families) == 2
+    )
+    return {
+        "hellos": count,
+        "alerted": alerted,
+        "seconds": round(churn_s, 2),
+        "series_after_churn": len(families_after_churn),
+        "series_after_device": len(families),
+        "device_series": device,
+        "passed": passed,
     }
 
 
@@ -1011,6 +1097,15 @@ def _hostile_rows(report: dict[str, Any]) -> list[str]:
             f"{len(h['attacks'])} (table below)",
             f"{passed}/{len(h['attacks'])} as expected; {h['tracebacks']} tracebacks in the proxy log",
             len(h["attacks"]) - passed,
+        ),
+        _row(
+            "JA3 churn",
+            f"{h['ja3_churn']['hellos']} TLS 1.0 hellos, cipher order shuffled, from an address outside "
+            "tls.legacy_networks; then one real TLS 1.0 client from inside",
+            f"{h['ja3_churn']['alerted']} refused with an alert in {h['ja3_churn']['seconds']} s; "
+            f"legacy family series: {h['ja3_churn']['series_after_churn']} after the churn, "
+            f"{h['ja3_churn']['series_after_device']} after the device (its own)",
+            int(not h["ja3_churn"]["passed"]),
         ),
     ]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import socket
 import ssl
 import warnings
@@ -90,3 +92,44 @@ def supported_versions(*versions: int) -> bytes:
     """The data of a ClientHello's supported_versions extension (RFC 8446 §4.2.1)."""
     listed = b"".join(v.to_bytes(2, "big") for v in versions)
     return bytes([len(listed)]) + listed
+
+
+def _cipher_list_span(body: bytes) -> tuple[int, int]:
+    """(start, end) of the cipher suite list inside a ClientHello body (after the 4-byte header)."""
+    pos = 2 + 32  # legacy_version, random
+    pos += 1 + body[pos]  # session id
+    length = int.from_bytes(body[pos : pos + 2], "big")
+    return pos + 2, pos + 2 + length
+
+
+def with_cipher_order(hello_records: bytes, order: list[int]) -> bytes:
+    """A real ClientHello with its cipher suites reordered (``order``: indexes into its list).
+
+    Same suites, same length, another JA3: what a client varying its order to make up fresh
+    fingerprints sends.
+    """
+    message = handshake_message(hello_records)
+    body = message[4:]
+    start, end = _cipher_list_span(body)
+    suites = [body[i : i + 2] for i in range(start, end, 2)]
+    assert sorted(order) == list(range(len(suites))), "order must be a permutation of the suites"
+    body = body[:start] + b"".join(suites[i] for i in order) + body[end:]
+    return as_records(message[:4] + body, version=hello_records[1:3])
+
+
+def ja3_churn(hello_records: bytes, count: int, seed: int = 0) -> list[bytes]:
+    """``count`` distinct reorderings of a real ClientHello: ``count`` distinct JA3 hashes."""
+    body = handshake_message(hello_records)[4:]
+    start, end = _cipher_list_span(body)
+    suites = (end - start) // 2
+    assert math.factorial(suites) > count * 4, f"{suites} suites cannot make {count} orders"
+    rng = random.Random(seed)
+    orders: set[tuple[int, ...]] = {tuple(range(suites))}  # never the original itself
+    hellos = []
+    while len(hellos) < count:
+        order = list(range(suites))
+        rng.shuffle(order)
+        if tuple(order) not in orders:
+            orders.add(tuple(order))
+            hellos.append(with_cipher_order(hello_records, order))
+    return hellos

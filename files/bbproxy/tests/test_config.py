@@ -58,6 +58,12 @@ def test_defaults() -> None:
     assert str(s.backend) == "127.0.0.1:5200"
     assert s.min_tls == "1.0" and s.direct_tls_listen == ()
     assert s.limits.max_connections > 0
+    # Per-IP limits are on (sized for carrier NAT, docs/configuration.md), IPv6 counted per /64.
+    assert (s.limits.max_connections_per_ip, s.limits.connect_rate_per_ip, s.limits.ipv6_prefix) == (
+        100,
+        120,
+        64,
+    )
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -94,6 +100,8 @@ max_connections = 50
         ("[limits]\nmax_connections = 1.5", "limits.max_connections: expected a whole number"),
         ("[limits]\npre_tls_timeout = -1", "limits.pre_tls_timeout: must be greater than 0"),
         ("[limits]\npre_tls_timeout = true", "limits.pre_tls_timeout: expected a number"),
+        ("[limits]\nipv6_prefix = 16", "limits.ipv6_prefix: must be from 32 to 128"),
+        ("[limits]\nipv6_prefix = 129", "limits.ipv6_prefix: must be from 32 to 128"),
         ("min_tls = '1.4'", "min_tls: must be one of"),
         ("min_tls = 1.0", "min_tls: must be one of"),
         ("log_level = 'loud'", "log_level: must be one of"),

@@ -25,7 +25,9 @@ from bbproxy.metrics import (
     CLOSE_REASONS,
     DURATION_BUCKETS,
     HANDSHAKE_FAILURE_REASONS,
+    LEGACY_REFUSED,
     MAX_CIPHERS,
+    MAX_FAMILIES,
     MAX_LISTENERS,
     MAX_SCRAPERS,
     REFUSE_REASONS,
@@ -339,6 +341,17 @@ def test_listeners_and_ciphers_are_capped(metrics: Metrics) -> None:
     assert len(listeners) <= MAX_LISTENERS + 1 and "other" in listeners
     assert len(ciphers) == MAX_CIPHERS + 1 and "other" in ciphers
     assert sum(v for (name, _), v in samples.items() if name == "bbproxy_connections_accepted_total") == 1000
+
+
+def test_legacy_families_are_capped_and_refused_ones_take_no_place(metrics: Metrics) -> None:
+    for i in range(1000):
+        metrics.legacy_client(LEGACY_REFUSED)
+        metrics.legacy_client(f"TLSv1/{i:032x}")
+    samples = scrape(metrics)
+    families = label_values(samples, "bbproxy_legacy_clients_total", "family")
+    assert len(families) == MAX_FAMILIES + 2 and {"other", LEGACY_REFUSED} <= families
+    assert value(samples, "bbproxy_legacy_clients_total", family=LEGACY_REFUSED) == 1000
+    assert value(samples, "bbproxy_legacy_clients_total", family=f"TLSv1/{0:032x}") == 1
 
 
 # -- the interface -------------------------------------------------------------------------

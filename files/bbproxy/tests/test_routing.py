@@ -81,14 +81,24 @@ class TlsEcho:
 
 @asynccontextmanager
 async def routed_proxy(
-    certs: Certs, tls_port: int | None = None, **policy: Any
+    certs: Certs,
+    tls_port: int | None = None,
+    settings: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    **policy: Any,
 ) -> AsyncIterator[tuple[ProxyServer, int, Backend]]:
-    """The proxy with a plaintext echo backend and the given TLS policy (tls.backend = tls_port)."""
+    """The proxy with a plaintext echo backend and the given TLS policy (tls.backend = tls_port);
+    ``settings`` and ``limits`` (dicts) set other fields of Settings and Limits."""
     backend = Backend(echo=True)
     backend_port = await backend.start()
     tls = TlsPolicy(backend=Address("127.0.0.1", tls_port or free_port()), **policy)
     try:
-        async with proxy(certs.proxy_pair, backend_port, {"tls": tls}) as (server, port):
+        async with proxy(
+            certs.proxy_pair, backend_port, {"tls": tls, **(settings or {})}, **(limits or {})
+        ) as (
+            server,
+            port,
+        ):
             yield server, port, backend
     finally:
         backend.close()
@@ -382,5 +392,61 @@ def test_the_same_hello_with_an_ascii_sni_is_answered(certs: Certs) -> None:
                 assert answer[:1] == b"\x16", answer  # a ServerHello record
             finally:
                 writer.close()
+
+    run("asyncio", scenario)
+
+
+# -- the splice's own bounds and the client's address (issue 15, item 5) ------------------------
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_spliced_client_that_stalls_after_its_hello_is_closed_by_the_handshake_timeout(
+    loop_name: str, certs: Certs
+) -> None:
+    """Prosody answers the hello; the client never sends its Finished. Prosody's own TLS port
+    (here asyncio's, with its 60 s handshake timeout) would hold it far longer."""
+
+    async def scenario() -> None:
+        prosody = TlsEcho(certs.prosody_ctx)
+        limits = {"handshake_timeout": 1.0}
+        async with routed_proxy(certs, await prosody.start(), limits=limits, routing="legacy-only") as (
+            server,
+            port,
+            _plain,
+        ):
+            reader, writer = await until_proceed(port)
+            writer.write(hello_of(client_context(certs.ca, TLS13)))
+            first = await asyncio.wait_for(reader.read(5), 10)
+            assert first[:1] == b"\x16", first  # Prosody's ServerHello: the session is spliced
+            session = next(iter(server.sessions))
+            assert session.route == "passthrough"
+            rest = await asyncio.wait_for(reader.read(), 10)  # EOF: the proxy closed the session
+            assert not rest.endswith(b"</stream:stream>")
+            await until(lambda: not server.sessions, "the stalled session to end")
+            assert session.close_reason == "tls-failed: timeout (passed through)"
+            writer.close()
+        prosody.close()
+
+    run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("version", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
+def test_a_completed_splice_outlives_the_handshake_timeout(version: ssl.TLSVersion, certs: Certs) -> None:
+    async def scenario() -> None:
+        prosody = TlsEcho(certs.prosody_ctx)
+        limits = {"handshake_timeout": 0.5}
+        async with routed_proxy(certs, await prosody.start(), limits=limits, routing="legacy-only") as (
+            server,
+            port,
+            _plain,
+        ):
+            reader, writer = await starttls_client(port, certs.ca, version)
+            assert peer_der(writer) == certs.prosody_der
+            await echo(reader, writer, b"<presence/>")
+            await asyncio.sleep(1.0)  # twice the handshake timeout: the deadline must be gone
+            await echo(reader, writer, b"<presence/>")
+            assert len(server.sessions) == 1
+            writer.close()
+        prosody.close()
 
     run("asyncio", scenario)

@@ -248,6 +248,37 @@ def test_per_ip_limits_answer_with_a_stream_error(
     run("asyncio", scenario)
 
 
+class _Peer:
+    """What ProxyServer.admit() reads of a session."""
+
+    def __init__(self, ip: str) -> None:
+        self.peer_ip = ip
+        self.listener = dataclasses.make_dataclass("L", [("name", str)])("starttls/[::]:5222")
+
+
+def test_default_per_ip_limits_hold_an_ipv6_host_to_its_64(
+    two_domains: tuple[trustme.CA, dict[str, CertPair]],
+) -> None:
+    """On by default: an IPv6 host that rotates through its /64 gets max_connections_per_ip slots,
+    not one per address; another /64 and loopback are not affected."""
+    _, pairs = two_domains
+    limits = Limits()
+    assert limits.max_connections_per_ip > 0 and limits.connect_rate_per_ip > 0 and limits.ipv6_prefix == 64
+
+    async def scenario() -> None:
+        settings = settings_for(pairs)
+        server = ProxyServer(settings, load_contexts(settings), asyncio.get_running_loop())
+        rotating = [
+            f"2001:db8:1:2:{i:x}:{i * 7:x}:{i * 13:x}:1" for i in range(limits.max_connections_per_ip + 5)
+        ]
+        verdicts = [server.admit(_Peer(ip)) for ip in rotating]  # type: ignore[arg-type]
+        assert verdicts == [None] * limits.max_connections_per_ip + ["per-ip-connections"] * 5
+        assert server.admit(_Peer("2001:db8:1:3::1")) is None  # type: ignore[arg-type]
+        assert all(server.admit(_Peer("::1")) is None for _ in range(limits.max_connections_per_ip + 5))  # type: ignore[arg-type]
+
+    run("asyncio", scenario)
+
+
 def test_metrics_endpoint_counts_a_tls10_handshake(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
     import urllib.request

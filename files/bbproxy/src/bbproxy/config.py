@@ -57,9 +57,12 @@ class Limits:
     # After a client stops sending (TCP FIN or close_notify): how long Prosody gets to finish
     # its answer before the session is closed anyway.
     half_close_timeout: float = 30.0
-    # Per source address; 0 = no limit. Answered with a stream error, never a silent drop.
-    max_connections_per_ip: int = 0
-    connect_rate_per_ip: int = 0  # new connections per minute
+    # Per source address (IPv6: per ipv6_prefix network); 0 = no limit. Answered with a stream
+    # error, never a silent drop. Sized for carrier-grade NAT: many phones behind one IPv4
+    # address (docs/configuration.md, "Per-IP limits").
+    max_connections_per_ip: int = 100
+    connect_rate_per_ip: int = 120  # new connections per minute, in bursts of up to as many
+    ipv6_prefix: int = 64  # IPv6 sources are counted per network of this many bits
     exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -261,6 +264,8 @@ def _limits(raw: object) -> Limits:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
         if value < 0 or (value == 0 and name not in _ZERO_MEANS_OFF):
             raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
+        if name == "ipv6_prefix" and not 32 <= value <= 128:
+            raise ConfigError(f"{key}: must be from 32 to 128 (bits of an IPv6 network), got {value!r}")
         values[name] = float(value) if isinstance(default, float) else value
     return Limits(**values)
 

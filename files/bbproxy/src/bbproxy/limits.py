@@ -2,6 +2,10 @@
 
 A refused client is told why with a stream error (server.py/session.py), never dropped
 silently: silent drops are what made UFW ``limit`` so hard to diagnose for XMPP.
+
+An IPv4 address is one source; IPv6 sources are counted per network of ``ipv6_prefix`` bits
+(default /64): one host gets a /64 (SLAAC, a mobile carrier's PDP context) and can use any of
+its 2^64 addresses, so a /128 key would let it take every slot. IPv4-mapped IPv6 counts as IPv4.
 """
 
 from __future__ import annotations
@@ -34,10 +38,33 @@ def covers_everything(networks: Iterable[Network]) -> bool:
     return {4, 6} <= {network.version for network in networks if network.prefixlen == 0}
 
 
+def source_key(ip: str, ipv6_prefix: int = 64) -> str:
+    """What the limits count ``ip`` as: itself for IPv4 (also IPv4-mapped IPv6), its network of
+    ``ipv6_prefix`` bits for IPv6 (``2001:db8:1:2::/64``); text that is no address, as is."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv4Address):
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+
+
 class PerIpLimiter:
     """``admit(ip)`` returns None, or the reason the address is refused; ``release(ip)`` undoes it."""
 
-    __slots__ = ("_active", "_admits", "_buckets", "_clock", "_exempt", "_max_concurrent", "_rate")
+    __slots__ = (
+        "_active",
+        "_admits",
+        "_buckets",
+        "_clock",
+        "_exempt",
+        "_ipv6_prefix",
+        "_max_concurrent",
+        "_rate",
+    )
 
     def __init__(
         self,
@@ -45,11 +72,13 @@ class PerIpLimiter:
         rate_per_minute: int,
         exempt: Iterable[Network] = (),
         clock: Callable[[], float] = time.monotonic,
+        ipv6_prefix: int = 64,
     ) -> None:
         self._max_concurrent = max_concurrent
         self._rate = rate_per_minute
         self._exempt = tuple(exempt)
         self._clock = clock
+        self._ipv6_prefix = ipv6_prefix
         self._active: dict[str, int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last refill)
         self._admits = 0
@@ -64,15 +93,19 @@ class PerIpLimiter:
     def admit(self, ip: str) -> str | None:
         if not self.enabled or self.is_exempt(ip):
             return None
-        if self._max_concurrent and self._active.get(ip, 0) >= self._max_concurrent:
+        key = source_key(ip, self._ipv6_prefix)
+        if self._max_concurrent and self._active.get(key, 0) >= self._max_concurrent:
             return "per-ip-connections"
-        if self._rate and not self._take_token(ip):
+        if self._rate and not self._take_token(key):
             return "per-ip-rate"
         if self._max_concurrent:
-            self._active[ip] = self._active.get(ip, 0) + 1
+            self._active[key] = self._active.get(key, 0) + 1
         return None
 
     def release(self, ip: str) -> None:
+        if not self._active:
+            return
+        ip = source_key(ip, self._ipv6_prefix)
         count = self._active.get(ip)
         if count is None:
             return  # exempt or never admitted

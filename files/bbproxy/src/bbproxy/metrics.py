@@ -25,7 +25,8 @@ name                                                    type       meaning
 ``bbproxy_handshake_duration_seconds``                  histogram  handshake time, 1 ms .. 30 s buckets
 ``bbproxy_tls_routes_total{listener,route}``            counter    ClientHellos: ``terminate`` (our TLS),
                                                                    ``passthrough`` (Prosody's), ``refused``
-``bbproxy_legacy_clients_total{family}``                counter    legacy ClientHellos by ``TLSv1/<family>``
+``bbproxy_legacy_clients_total{family}``                counter    legacy handshakes by ``TLSv1/<name>``;
+                                                                   refused as ``refused``, failed ``failed``
 ``bbproxy_relayed_bytes_total{direction}``              counter    bytes, ``client_to_backend`` and
                                                                    ``backend_to_client`` (plaintext; TLS
                                                                    records for passed-through sessions)
@@ -39,8 +40,11 @@ Every label has a bounded set of values, so a flood of odd clients cannot grow t
 of series: raw reasons are mapped to the fixed vocabularies below and anything else
 becomes ``other``; ``version`` is ``TLSv1``, ``TLSv1.1``, ``TLSv1.2``, ``TLSv1.3`` or
 ``other``; ``listener`` and ``cipher`` keep the first 32/64 distinct values (ciphers come
-from the server's own list, so that is never reached in practice); ``family`` keeps the
-first 64 (a device kind is one family; a flood of forged hellos ends in ``other``);
+from the server's own list, so that is never reached in practice); ``family`` is
+``refused`` for every refused legacy ClientHello (a refusal costs the sender no handshake, so
+varying the cipher order would otherwise make a new series per hello), and for completed
+legacy handshakes the first 64 fingerprints, then ``other`` (a device kind is one family;
+each new one costs a full handshake from an address in ``tls.legacy_networks``);
 ``route`` is one of :data:`ROUTES`. Handshakes, their duration and failures count only the
 TLS this proxy does: a passed-through session's handshake is Prosody's.
 
@@ -212,6 +216,9 @@ _LABEL_VALUE_RE: Final = re.compile(r"[\w.:/\[\]@+-]{1,64}\Z", re.ASCII)
 MAX_LISTENERS: Final = 32
 MAX_CIPHERS: Final = 64
 MAX_FAMILIES: Final = 64  # distinct legacy ClientHello fingerprints with their own series
+# The families of every refused and every failed legacy ClientHello: neither gets a series of its own.
+LEGACY_REFUSED: Final = "refused"
+LEGACY_FAILED: Final = "failed"
 ROUTES: Final = frozenset({"terminate", "passthrough", "refused"})
 
 # The scrape endpoint's bounds: a request head fits in 8 KiB and arrives in 10 s.
@@ -279,17 +286,21 @@ def tls_version(raw: str) -> str:
     return raw if raw in TLS_VERSIONS else OTHER
 
 
-class _FirstValues:
-    """Keep the first ``limit`` distinct well-formed values; later new ones are ``other``."""
+class FirstValues:
+    """Keep the first ``limit`` distinct well-formed values; later new ones are ``other``.
 
-    __slots__ = ("_limit", "_seen")
+    ``reserved`` values (and ``other``) pass through without taking a place.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_limit", "_reserved", "_seen")
+
+    def __init__(self, limit: int, reserved: Iterable[str] = ()) -> None:
         self._limit = limit
+        self._reserved = frozenset((OTHER, *reserved))
         self._seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
-        if value in self._seen:
+        if value in self._seen or value in self._reserved:
             return value
         if len(self._seen) >= self._limit or not _LABEL_VALUE_RE.match(value):
             return OTHER
@@ -318,7 +329,8 @@ class NullMetrics:
         """A ClientHello was routed: our TLS (terminate), Prosody's (passthrough), or refused."""
 
     def legacy_client(self, family: str) -> None:
-        """A legacy ClientHello (``TLSv1/<family>``) was served or refused."""
+        """A legacy handshake completed (``TLSv1/<family>``), was refused (``refused``) or failed
+        (``failed``)."""
 
     def handshake_failed(self, listener: str, reason: str) -> None:
         """A TLS handshake failed; ``reason`` is the OpenSSL reason or ``timeout``."""
@@ -377,11 +389,11 @@ class Metrics:
         self._bytes_up = 0  # of closed sessions
         self._bytes_down = 0
         self._live: Callable[[], LiveTotals] = _no_live_sessions
-        self._listeners = _FirstValues(MAX_LISTENERS)
-        self._ciphers = _FirstValues(MAX_CIPHERS)
+        self._listeners = FirstValues(MAX_LISTENERS)
+        self._ciphers = FirstValues(MAX_CIPHERS)
         self._routes: dict[tuple[str, str], int] = {}
         self._legacy_clients: dict[str, int] = {}
-        self._family_labels = _FirstValues(MAX_FAMILIES)
+        self._family_labels = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
         self.registry: CollectorRegistry = CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -479,7 +491,8 @@ class Metrics:
         )
         yield counter(
             "bbproxy_legacy_clients",
-            "Legacy (below TLS 1.2) ClientHellos by highest version/fingerprint family (or unknown:<JA4>).",
+            "Legacy (below TLS 1.2) handshakes by highest version/fingerprint family (or unknown:<JA4>); "
+            "every refused one as 'refused', every failed one as 'failed'.",
             ("family",),
             (((k,), v) for k, v in self._legacy_clients.items()),
         )

@@ -17,7 +17,15 @@ from functools import partial
 from . import fingerprints, memory, notify
 from .config import Address, Settings
 from .limits import PerIpLimiter, covers_everything, in_networks
-from .metrics import LiveTotals, Metrics, NullMetrics
+from .metrics import (
+    LEGACY_FAILED,
+    LEGACY_REFUSED,
+    MAX_FAMILIES,
+    FirstValues,
+    LiveTotals,
+    Metrics,
+    NullMetrics,
+)
 from .metrics import serve as serve_metrics
 from .session import ClientSession
 from .tls import CertificateError, TlsContexts
@@ -54,7 +62,9 @@ class Stats:
     backend_failures: int = 0
     handshakes: Counter[str] = field(default_factory=Counter)
     routes: Counter[str] = field(default_factory=Counter)  # terminate / passthrough / refused
-    legacy_families: Counter[str] = field(default_factory=Counter)  # "TLSv1/<ja3>"
+    # "TLSv1/<ja3>" of completed legacy handshakes (the first MAX_FAMILIES, then "other"), and
+    # "refused" for every refused one: bounded, however many fingerprints clients make up.
+    legacy_families: Counter[str] = field(default_factory=Counter)
 
 
 def load_contexts(settings: Settings) -> TlsContexts:
@@ -154,7 +164,10 @@ class ProxyServer:
         self.reuse_port = reuse_port
         limits = settings.limits
         self.per_ip = PerIpLimiter(
-            limits.max_connections_per_ip, limits.connect_rate_per_ip, limits.exempt_networks
+            limits.max_connections_per_ip,
+            limits.connect_rate_per_ip,
+            limits.exempt_networks,
+            ipv6_prefix=limits.ipv6_prefix,
         )
         self.contexts = contexts
         self.loop = loop
@@ -163,6 +176,7 @@ class ProxyServer:
         self._legacy_everywhere = covers_everything(settings.tls.legacy_networks)
         self.sessions: set[ClientSession] = set()
         self.stats = Stats()
+        self._legacy_family = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
         self._servers: list[asyncio.base_events.Server] = []
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -197,9 +211,20 @@ class ProxyServer:
         """Whether a client at ``ip`` may use TLS below 1.2 (tls.legacy_networks)."""
         return self._legacy_everywhere or in_networks(ip, self.settings.tls.legacy_networks)
 
-    def legacy_client(self, family: str) -> None:
-        self.stats.legacy_families[family] += 1
-        self.metrics.legacy_client(family)
+    def legacy_client(self, family: str, outcome: str = "served") -> None:
+        """A legacy handshake was ``served``, ``refused`` or ``failed``. Only a served one counts
+        under its family (the first MAX_FAMILIES of them): a refusal or a hello abandoned
+        half-way costs the client no handshake, so its fingerprint earns no entry; those count as
+        ``refused`` and ``failed`` (the log lines and ``bbproxy census`` have them by name)."""
+        key = (
+            self._legacy_family(family)
+            if outcome == "served"
+            else LEGACY_REFUSED
+            if outcome == "refused"
+            else LEGACY_FAILED
+        )
+        self.stats.legacy_families[key] += 1
+        self.metrics.legacy_client(key)
 
     def handshake_done(self, session: ClientSession) -> None:
         """TLS is up: ours (terminate), or handed to Prosody's TLS port (passthrough)."""

@@ -6,7 +6,9 @@ Life of a STARTTLS session (a direct-TLS session starts at HELLO)::
                                |                                     ^          backend up: RELAY
                                |                                     |        backend down: UNAVAILABLE
                                |--modern, legacy-only--> SPLICING ---' Prosody's TLS port down
-                               |                            `--connected--> SPLICE (raw bytes)
+                               |                            `--connected--> SPLICE (raw bytes;
+                               |                       handshake_timeout until Prosody answered
+                               |                       the client's second flight)
                                `--legacy, address not allowed--> CLOSED (protocol_version alert)
 
 HELLO reads the client's ClientHello (sans-IO, bounded in bytes and by the handshake
@@ -14,7 +16,12 @@ timeout) before any TLS state exists, and routes on it (issue 7): a legacy clien
 offered version below TLS 1.2) gets this proxy's TLS and the plaintext backend; with
 ``tls.routing = "legacy-only"`` everyone else is spliced, still encrypted, to Prosody's own
 direct-TLS port, the ClientHello replayed first, so Prosody terminates their TLS (channel
-binding, its own TLS policy). If that port is down the session falls back to terminating.
+binding, its own TLS policy). No PROXY header goes there: Prosody 0.12 cannot read one in front
+of TLS (LuaSocket reads past the header, into the ClientHello, which OpenSSL then never sees).
+If that port is down the session falls back to terminating. The handshake timeout still runs
+through the splice: it ends once Prosody has answered a second flight of the client
+(ClientHello, then Finished in a full handshake), so a client that sends a hello and stalls is
+closed like one that stalls on our own TLS.
 
 UNAVAILABLE waits (bounded) for the client's post-TLS stream header and answers it with
 ``remote-connection-failed``: a stream error must follow a header that answers the client's
@@ -70,6 +77,9 @@ ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46)
 ALERT_ILLEGAL_PARAMETER: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F))
 ALERT_HANDSHAKE_FAILURE: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
 _TLS_1_2: Final = 0x0303
+# Splice progress, counted in flights (a run of bytes from one side): the handshake timeout ends
+# when Prosody answers the client's second flight (its first is the ClientHello).
+_SPLICE_HELLO_SENT, _SPLICE_SERVER_SPOKE, _SPLICE_CLIENT_ANSWERED, _SPLICE_DONE = range(4)
 _ids = itertools.count(1)
 _GT: Final = 0x3E  # ">"
 _LEGACY_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1"})
@@ -107,6 +117,7 @@ class ClientSession(asyncio.BufferedProtocol):
         "_hello",
         "_incoming",
         "_outgoing",
+        "_splice_progress",
         "_sslobj",
         "_task",
         "_timer",
@@ -151,6 +162,7 @@ class ClientSession(asyncio.BufferedProtocol):
         self.route = "-"  # "terminate", "passthrough" or "refused", once the ClientHello is read
         self._ctx: ssl.SSLContext | None = None  # chosen at STARTTLS; used if we terminate
         self._early = b""  # the ClientHello (and anything after it) while splicing connects
+        self._splice_progress = _SPLICE_HELLO_SENT
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._sslobj: ssl.SSLObject | None = None
@@ -207,6 +219,8 @@ class ClientSession(asyncio.BufferedProtocol):
                 assert self.backend is not None
                 self.bytes_up += len(data)
                 self.backend.write(bytes(data))
+                if self._splice_progress == _SPLICE_SERVER_SPOKE:
+                    self._splice_progress = _SPLICE_CLIENT_ANSWERED
         elif state is State.PRE_TLS:
             self._pre_tls_data(bytes(data))
         elif state is State.HELLO:
@@ -270,6 +284,10 @@ class ClientSession(asyncio.BufferedProtocol):
             self._log_fingerprint("handshake timed out")
             self.server.handshake_failed(self, "timeout")
             self._close("tls-failed: timeout")
+        elif self.state is State.SPLICE:
+            # Prosody's handshake, not ours (not a handshake failure of this proxy's TLS), but
+            # the client stalled in it: no session may sit in a handshake without a deadline.
+            self._close("tls-failed: timeout (passed through)")
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -372,7 +390,8 @@ class ClientSession(asyncio.BufferedProtocol):
             who = identify(hello)
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, who.summary)
             if legacy or hello.max_version < _TLS_1_2:
-                self.server.legacy_client(hello.family(who.name))
+                outcome = "refused" if self.route == "refused" else "served" if legacy else "failed"
+                self.server.legacy_client(hello.family(who.name), outcome)
         elif isinstance(hello, str):
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, hello)
         self._hello = None
@@ -522,7 +541,8 @@ class ClientSession(asyncio.BufferedProtocol):
         if self.state is not State.SPLICING:  # the client left while we were connecting
             backend.close()
             return
-        self._cancel_timer()  # the handshake is Prosody's now, and so is its timeout
+        # The handshake timer goes on: the handshake is Prosody's now, but until it is under way
+        # (see from_backend) a stalled client is still ours to end.
         self.backend = backend
         self.state = State.SPLICE
         self.tls_version = "passthrough"
@@ -610,6 +630,13 @@ class ClientSession(asyncio.BufferedProtocol):
             assert self.transport is not None
             self.bytes_down += len(data)
             self.transport.write(bytes(data))
+            if self._splice_progress != _SPLICE_DONE:
+                if self._splice_progress == _SPLICE_CLIENT_ANSWERED:
+                    self._splice_progress = _SPLICE_DONE
+                    if not self._half_closed:  # a half-close has its own timer
+                        self._cancel_timer()
+                else:
+                    self._splice_progress = _SPLICE_SERVER_SPOKE
         elif self.state is State.RELAY:
             if self.bytes_down == 0 and not self._half_closed:
                 self._cancel_timer()  # the backend answered (a half-close has its own timer)

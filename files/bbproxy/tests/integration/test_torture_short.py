@@ -82,6 +82,8 @@ def test_torture_short_loses_nothing_and_keeps_serving(
     hostile = report["hostile"]
     assert hostile["rss_kib_after"] - hostile["rss_kib_before"] < 16 * 1024, text
     assert all(a["passed"] for a in hostile["attacks"]), text
+    # JA3 churn from a refused address left the legacy family series bounded (issue 15, item 5)
+    assert hostile["ja3_churn"]["passed"], text
     restarts = report["faults"]["prosody_restarts"]
     assert restarts["login_ok_after_up_s_max"] is not None and restarts["login_ok_after_up_s_max"] < 1.0, text
 
