@@ -58,10 +58,8 @@ TLS this proxy does: a passed-through session's handshake is Prosody's.
   certificate), ``not-tls`` (plain text or HTTP on a TLS port), ``client-alert`` (another
   alert from the client), ``other``. The input is an OpenSSL reason such as
   ``WRONG_VERSION_NUMBER``, optionally behind ``tls-failed:``.
-* close ``reason``: the part of the session's close reason before ``:``, kept if it is in
-  :data:`CLOSE_REASONS`; ``refused-*`` becomes ``refused``; the RFC 6120 stream error
-  conditions the pre-TLS dialogue ends with become ``stream-error`` (``host-unknown`` stays,
-  it points at a client configured with the wrong domain).
+* close ``reason``: :class:`bbproxy.closing.Close`, one label per way a session ends (the
+  session passes the enum, so every reason it can produce has its own label).
 
 Questions and their PromQL:
 
@@ -95,6 +93,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from . import __version__
+from .closing import Close
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -116,57 +115,8 @@ TLS_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"})
 
 REFUSE_REASONS: Final = frozenset({"max-connections", "shutting-down", "per-ip-connections", "per-ip-rate"})
 
-CLOSE_REASONS: Final = frozenset(
-    {
-        "client-eof",  # the client closed its side (TCP FIN)
-        "client-closed",  # the connection went away without an error
-        "client-close-notify",  # the client ended TLS cleanly
-        "client-closed-stream",  # </stream:stream> before TLS
-        "client-error",  # a socket error on the client side
-        "pre-tls-timeout",  # no <starttls/> in time
-        "host-unknown",  # the stream header named a domain we do not serve
-        "stream-error",  # any other RFC 6120 stream error before TLS
-        "starttls-injection",  # bytes pipelined behind <starttls/> (CVE-2011-0411)
-        "tls-failed",  # the handshake failed (see bbproxy_handshake_failures_total)
-        "tls-refused",  # a legacy ClientHello from outside tls.legacy_networks
-        "tls-error",  # a TLS error after the handshake
-        "backend-unavailable",  # Prosody could not be reached
-        "backend-closed",  # Prosody closed the stream
-        "backend-error",  # a socket error on the Prosody side
-        "server-shutdown",  # stop or drain
-        "refused",  # refused at accept (see bbproxy_connections_refused_total)
-    }
-)
-
-# RFC 6120 §4.9.3 conditions; the pre-TLS dialogue closes with one of them as the reason.
-_STREAM_ERROR_CONDITIONS: Final = frozenset(
-    {
-        "bad-format",
-        "bad-namespace-prefix",
-        "conflict",
-        "connection-timeout",
-        "host-gone",
-        "improper-addressing",
-        "internal-server-error",
-        "invalid-from",
-        "invalid-namespace",
-        "invalid-xml",
-        "not-authorized",
-        "not-well-formed",
-        "policy-violation",
-        "remote-connection-failed",
-        "reset",
-        "resource-constraint",
-        "restricted-xml",
-        "see-other-host",
-        "system-shutdown",
-        "undefined-condition",
-        "unsupported-encoding",
-        "unsupported-feature",
-        "unsupported-stanza-type",
-        "unsupported-version",
-    }
-)
+# bbproxy_connections_closed_total's labels: closing.Close, one value each (commented there).
+CLOSE_REASONS: Final = frozenset(close.value for close in Close)
 
 _HANDSHAKE_FAILURES: Final = {
     "TIMEOUT": "timeout",
@@ -257,18 +207,6 @@ def refuse_reason(raw: str) -> str:
     return key if key in REFUSE_REASONS else OTHER
 
 
-def close_reason(raw: str) -> str:
-    """A session's close reason (``tls-failed: timeout``) -> a :data:`CLOSE_REASONS` value or ``other``."""
-    key = raw.partition(":")[0].strip().lower()
-    if key in CLOSE_REASONS:
-        return key
-    if key.startswith("refused-"):
-        return "refused"
-    if key in _STREAM_ERROR_CONDITIONS:
-        return "stream-error"
-    return OTHER
-
-
 def handshake_failure_reason(raw: str) -> str:
     """An OpenSSL reason (``WRONG_VERSION_NUMBER``, ``tls-failed: timeout``) -> its category."""
     detail = raw.partition(":")[2] if ":" in raw else raw
@@ -338,7 +276,7 @@ class NullMetrics:
     def backend_failed(self) -> None:
         """A connection to the backend failed."""
 
-    def closed(self, reason: str, bytes_up: int = 0, bytes_down: int = 0) -> None:
+    def closed(self, reason: Close, bytes_up: int = 0, bytes_down: int = 0) -> None:
         """A session ended; its bytes move from the live totals to the closed ones."""
 
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
@@ -429,8 +367,8 @@ class Metrics:
     def backend_failed(self) -> None:
         self._backend_failures += 1
 
-    def closed(self, reason: str, bytes_up: int = 0, bytes_down: int = 0) -> None:
-        key = close_reason(reason)
+    def closed(self, reason: Close, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        key = reason.value
         self._closed[key] = self._closed.get(key, 0) + 1
         self._bytes_up += max(bytes_up, 0)
         self._bytes_down += max(bytes_down, 0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from . import fingerprints, memory, notify
+from .closing import Close
 from .config import Address, Settings
 from .limits import PerIpLimiter, covers_everything, in_networks
 from .metrics import (
@@ -258,7 +259,8 @@ class ProxyServer:
         if session in self.sessions:
             self.sessions.discard(session)
             self.per_ip.release(session.peer_ip)
-            self.metrics.closed(session.close_reason, session.bytes_up, session.bytes_down)
+            kind = session.close_reason.kind if session.close_reason else Close.CLIENT_CLOSED
+            self.metrics.closed(kind, session.bytes_up, session.bytes_down)
         session.log_close()
         if not self.sessions:
             self._idle.set()

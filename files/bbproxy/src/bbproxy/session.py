@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from . import logsink, proxy_protocol
 from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
+from .closing import Close, CloseReason
 from .fingerprints import identify
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
@@ -158,7 +159,7 @@ class ClientSession(asyncio.BufferedProtocol):
         self.bytes_down = 0  # backend -> client
         self.tls_version = "-"
         self.cipher = "-"
-        self.close_reason = ""
+        self.close_reason: CloseReason | None = None  # the first reason the session ended for
         self.route = "-"  # "terminate", "passthrough" or "refused", once the ClientHello is read
         self._ctx: ssl.SSLContext | None = None  # chosen at STARTTLS; used if we terminate
         self._early = b""  # the ClientHello (and anything after it) while splicing connects
@@ -196,7 +197,7 @@ class ClientSession(asyncio.BufferedProtocol):
             if self.listener.starttls:  # direct TLS cannot say why before a handshake
                 condition, text = _REFUSALS.get(refused, _REFUSALS["max-connections"])
                 self.transport.write(stream_header(None) + stream_error(condition, text))
-            self._close(f"refused-{refused}")
+            self._close(Close.REFUSED, refused)
             return
         if self.listener.starttls:
             self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
@@ -242,15 +243,16 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         if self.state is State.RELAY or self.state is State.SPLICE:
-            self._half_close("client-eof")
+            self._half_close(Close.CLIENT_EOF)
             return True  # keep our write side open for the backend's answer
-        self._close("client-eof")
+        self._close(Close.CLIENT_EOF)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.close_reason:
-            self.close_reason = f"client-error: {_describe(exc)}" if exc else "client-closed"
-        self._close(self.close_reason)
+        if exc is not None:
+            self._close(Close.CLIENT_ERROR, _describe(exc))
+        else:
+            self._close(Close.CLIENT_CLOSED)
         self._finish()
 
     def pause_writing(self) -> None:
@@ -273,21 +275,22 @@ class ClientSession(asyncio.BufferedProtocol):
             self._cancel_timer()
             self._begin_tls(self.server.contexts.for_domain(self.negotiation.domain))
         elif outcome.action is Action.CLOSE:
-            self._close(outcome.reason)
+            reason = CloseReason.of_negotiation(outcome.reason)
+            self._close(reason.kind, reason.detail)
 
     def _on_timeout(self) -> None:
         self._timer = None
         if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
-            self._close("pre-tls-timeout")
+            self._close(Close.PRE_TLS_TIMEOUT)
         elif self.state in (State.HELLO, State.HANDSHAKE, State.SPLICING):
             self._log_fingerprint("handshake timed out")
             self.server.handshake_failed(self, "timeout")
-            self._close("tls-failed: timeout")
+            self._close(Close.TLS_FAILED, "timeout")
         elif self.state is State.SPLICE:
             # Prosody's handshake, not ours (not a handshake failure of this proxy's TLS), but
             # the client stalled in it: no session may sit in a handshake without a deadline.
-            self._close("tls-failed: timeout (passed through)")
+            self._close(Close.TLS_FAILED, "timeout (passed through)")
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -314,7 +317,7 @@ class ClientSession(asyncio.BufferedProtocol):
         except ClientHelloError as exc:
             if not parser.buffered:  # only whitespace, and too much of it: no TLS to answer
                 self.server.handshake_failed(self, "not-tls")
-                self._close(f"tls-failed: {exc}")
+                self._close(Close.TLS_FAILED, str(exc))
                 return
             # Not ours to judge: OpenSSL answers it with the right alert, and it is logged. (The
             # legacy allow-list still holds: the negotiated version is checked after the handshake.)
@@ -367,7 +370,7 @@ class ClientSession(asyncio.BufferedProtocol):
         self._log_fingerprint(what, legacy=legacy)
         self.transport.write(alert)
         self.server.handshake_failed(self, failure)
-        self._close(f"tls-refused: {reason}")
+        self._close(Close.TLS_REFUSED, reason)
 
     def _terminate(self, raw: bytes) -> None:
         """Our own TLS: replay what was read into a fresh SSLObject and go on from there."""
@@ -407,7 +410,7 @@ class ClientSession(asyncio.BufferedProtocol):
             self._flush_tls()  # the alert tells the client why
             self._log_fingerprint(f"handshake failed ({_describe(exc)})")
             self.server.handshake_failed(self, _describe(exc))
-            self._close(f"tls-failed: {_describe(exc)}")
+            self._close(Close.TLS_FAILED, _describe(exc))
             return
         self.tls_version = self._sslobj.version() or "-"
         if self.tls_version in _LEGACY_VERSIONS and not self.server.legacy_allowed(self.peer_ip):
@@ -448,17 +451,17 @@ class ClientSession(asyncio.BufferedProtocol):
                 break
             except ssl.SSLZeroReturnError:
                 self._relay_up(plain)
-                self._close("client-eof")
+                self._close(Close.CLIENT_EOF)
                 return
             except (ssl.SSLError, OSError) as exc:
                 self._relay_up(plain)
-                self._close(f"tls-error: {_describe(exc)}")
+                self._close(Close.TLS_ERROR, _describe(exc))
                 return
             if self.state is State.UNAVAILABLE:
                 self._unavailable_data(chunk)
             elif not chunk:  # close_notify: over a MemoryBIO, read() returns b"" for it
                 self._relay_up(plain)
-                self._half_close("client-close-notify")
+                self._half_close(Close.CLIENT_CLOSE_NOTIFY)
                 return
             else:
                 plain.append(chunk)
@@ -478,17 +481,17 @@ class ClientSession(asyncio.BufferedProtocol):
         self._up_at_boundary = plain[-1][-1] == _GT
         self.backend.writelines(plain)
 
-    def _half_close(self, reason: str) -> None:
+    def _half_close(self, kind: Close) -> None:
         """The client is done sending: tell the backend, and relay its answer for a while."""
         assert self.backend is not None
-        self.close_reason = self.close_reason or reason
+        self.close_reason = self.close_reason or CloseReason(kind)
         if self._half_closed:
             return  # close_notify, then the TCP FIN: one half-close, one timer
         self._half_closed = True  # nothing more is read from the client
         self.backend.write_eof()
         self._cancel_timer()
         grace = self.server.settings.limits.half_close_timeout
-        self._timer = self.server.loop.call_later(grace, self._close, reason)
+        self._timer = self.server.loop.call_later(grace, self._close, kind)
 
     def _flush_tls(self) -> None:
         if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
@@ -501,7 +504,7 @@ class ClientSession(asyncio.BufferedProtocol):
         try:
             self._sslobj.write(data)
         except (ssl.SSLError, OSError) as exc:
-            self._close(f"tls-error: {_describe(exc)}")
+            self._close(Close.TLS_ERROR, _describe(exc))
             return
         if flush:
             self._flush_tls()
@@ -575,7 +578,7 @@ class ClientSession(asyncio.BufferedProtocol):
             if self.state is State.CONNECTING:
                 server.backend_failed()
                 log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
-                self.close_reason = f"backend-unavailable: {_describe(exc)}"
+                self.close_reason = CloseReason(Close.BACKEND_UNAVAILABLE, _describe(exc))
                 self.state = State.UNAVAILABLE
                 limits = server.settings.limits
                 self._unavailable = PreTlsParser(limits.pre_tls_max_bytes)
@@ -613,14 +616,15 @@ class ClientSession(asyncio.BufferedProtocol):
     def _refuse_unavailable(self) -> None:
         self._timer = None
         if self.state is State.UNAVAILABLE:
+            assert self.close_reason is not None
             self._fail_unanswered("the XMPP service is unavailable, try again", self.close_reason)
 
-    def _fail_unanswered(self, text: str, reason: str) -> None:
+    def _fail_unanswered(self, text: str, reason: CloseReason) -> None:
         """remote-connection-failed to a client Prosody never answered: our own stream header opens
         the stream the error ends, sent with our close_notify in one write."""
         domain = self.negotiation.domain if self.negotiation else None
         self._send_tls(stream_header(domain) + stream_error("remote-connection-failed", text), flush=False)
-        self._close(reason)
+        self._close(reason.kind, reason.detail)
 
     # -- relay, called by the backend side ----------------------------------------------
 
@@ -652,10 +656,10 @@ class ClientSession(asyncio.BufferedProtocol):
             backend = self.server.settings.backend
             log.warning("conn=%d backend %s accepted, said nothing in %.0fs", self.conn_id, backend, timeout)
             self.server.backend_failed()
-            reason = f"backend-silent: no answer in {timeout:.0f}s"
+            reason = CloseReason(Close.BACKEND_SILENT, f"no answer in {timeout:.0f}s")
             self._fail_unanswered("the XMPP service did not answer", reason)
 
-    def backend_closed(self, reason: str) -> None:
+    def backend_closed(self, kind: Close, detail: str = "") -> None:
         if (
             self.state is State.RELAY
             and not self._backend_ended
@@ -671,7 +675,7 @@ class ClientSession(asyncio.BufferedProtocol):
                 flush=False,
             )
         if self.state is not State.CLOSED:
-            self._close(reason)
+            self._close(kind, detail)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -689,7 +693,7 @@ class ClientSession(asyncio.BufferedProtocol):
                 self.backend.write(STREAM_CLOSE)
             if self._down_at_boundary:
                 self._send_tls(stream_error(condition, text), flush=False)
-        self._close("server-shutdown")
+        self._close(Close.SERVER_SHUTDOWN)
 
     def _finish(self) -> None:
         """Release the connection slot and write the one log line, exactly once."""
@@ -702,9 +706,11 @@ class ClientSession(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _close(self, reason: str) -> None:
+    def _close(self, kind: Close, detail: str = "") -> None:
+        """End the session (once); the first reason given is the one logged and counted."""
         if self.state is State.CLOSED:
             return
+        reason = CloseReason(kind, detail)
         if self.state is State.HANDSHAKE and self._hello is not None:
             # The client hung up in the middle of our handshake (a device that does not trust
             # the certificate often just leaves): a failed handshake, logged with its fingerprint.
@@ -738,7 +744,7 @@ class ClientSession(asyncio.BufferedProtocol):
             self.bytes_up,
             self.bytes_down,
             time.monotonic() - self.started,
-            self.close_reason or "-",
+            self.close_reason or "-",  # str(CloseReason): the same text as before the enum
         )
 
 
@@ -763,12 +769,15 @@ class BackendConnection(asyncio.BufferedProtocol):
         self.client.from_backend(_RECV_BUFFER[:nbytes])
 
     def eof_received(self) -> bool:
-        self.client.backend_closed("backend-closed")
+        self.client.backend_closed(Close.BACKEND_CLOSED)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.client.backend_closed(f"backend-error: {_describe(exc)}" if exc else "backend-closed")
+        if exc is not None:
+            self.client.backend_closed(Close.BACKEND_ERROR, _describe(exc))
+        else:
+            self.client.backend_closed(Close.BACKEND_CLOSED)
 
     def pause_writing(self) -> None:
         # Prosody is slower than the client: stop reading the client until it drains.
