@@ -19,8 +19,8 @@ from bbproxy.clienthello import ClientHelloParser
 from bbproxy.config import Address, Limits, Settings, TlsPolicy
 from bbproxy.fingerprints import identify
 from bbproxy.metrics import LEGACY_REFUSED, Metrics, render
+from bbproxy.routing import ALERT_PROTOCOL_VERSION
 from bbproxy.server import ProxyServer, load_contexts
-from bbproxy.session import ALERT_PROTOCOL_VERSION
 from bbproxy.tls import CertPair
 
 from .helpers import client_context, ja3_churn, run, until

@@ -9,6 +9,7 @@ The rendering is unchanged from the strings the proxy wrote before, so log reade
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from enum import Enum
 
@@ -60,3 +61,16 @@ class CloseReason:
         if self.kind is Close.STREAM_ERROR:
             return self.detail or self.kind.value
         return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value
+
+
+def describe(exc: BaseException | None) -> str:
+    """A short, log-safe detail for an exception: OpenSSL's reason, ``timeout``, an errno text."""
+    if exc is None:
+        return "-"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return exc.__class__.__name__

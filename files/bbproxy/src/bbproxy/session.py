@@ -51,32 +51,25 @@ import logging
 import ssl
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from . import logsink, proxy_protocol
 from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
-from .closing import Close, CloseReason
+from .closing import Close, CloseReason, describe
 from .fingerprints import identify
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
+from .relay import RECV_BUFFER, BackendConnection
+from .routing import ALERT_HANDSHAKE_FAILURE, ALERT_PROTOCOL_VERSION, Route, route
 
 if TYPE_CHECKING:
-    from .config import Address
-    from .server import Listener, ProxyServer
+    from .config import Address, Settings
+    from .tls import TlsContexts
 
 log = logging.getLogger("bbproxy.session")
 
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
-# Every socket of this process reads into this one buffer (BufferedProtocol): a read is consumed
-# (decrypted, encrypted, or copied) before the loop reads again, so one buffer serves all
-# sessions, and relayed bytes skip the per-read bytes object a plain Protocol gets.
-_RECV_BUFFER: Final = memoryview(bytearray(256 * 1024))
-# Fatal alerts (RFC 5246 §7.2) sent before any TLS state exists: protocol_version ("not at this
-# version, not from here") and illegal_parameter (an SNI host name that is not ASCII).
-ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
-ALERT_ILLEGAL_PARAMETER: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F))
-ALERT_HANDSHAKE_FAILURE: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
 _TLS_1_2: Final = 0x0303
 # Splice progress, counted in flights (a run of bytes from one side): the handshake timeout ends
 # when Prosody answers the client's second flight (its first is the ClientHello).
@@ -91,6 +84,40 @@ _REFUSALS: Final = {
     "per-ip-connections": ("policy-violation", "too many connections from your address"),
     "per-ip-rate": ("policy-violation", "too many new connections from your address, slow down"),
 }
+
+
+class Listener(Protocol):
+    """The listener a session came in on (server.Listener)."""
+
+    @property
+    def starttls(self) -> bool: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs of the server it belongs to (server.ProxyServer): settings, the loop,
+    the TLS contexts, admission and the accounting calls. Nothing else of the server is used."""
+
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    contexts: TlsContexts
+    domains: frozenset[str]
+
+    def admit(self, session: ClientSession) -> str | None: ...
+
+    def release(self, session: ClientSession) -> None: ...
+
+    def legacy_allowed(self, ip: str) -> bool: ...
+
+    def legacy_client(self, family: str, outcome: str = "served") -> None: ...
+
+    def handshake_done(self, session: ClientSession) -> None: ...
+
+    def handshake_failed(self, session: ClientSession, reason: str) -> None: ...
+
+    def backend_failed(self) -> None: ...
 
 
 class State(Enum):
@@ -143,7 +170,7 @@ class ClientSession(asyncio.BufferedProtocol):
         "transport",
     )
 
-    def __init__(self, server: ProxyServer, listener: Listener) -> None:
+    def __init__(self, server: SessionHost, listener: Listener) -> None:
         self.server = server
         self.listener = listener
         self.conn_id = next(_ids)
@@ -206,10 +233,10 @@ class ClientSession(asyncio.BufferedProtocol):
             self._begin_tls(server.contexts.default)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
+        return RECV_BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_RECV_BUFFER[:nbytes])
+        self.data_received(RECV_BUFFER[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         """``data`` is a view of the shared read buffer, valid only now: copied where it is kept
@@ -250,7 +277,7 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            self._close(Close.CLIENT_ERROR, _describe(exc))
+            self._close(Close.CLIENT_ERROR, describe(exc))
         else:
             self._close(Close.CLIENT_CLOSED)
         self._finish()
@@ -263,6 +290,10 @@ class ClientSession(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.backend is not None:
             self.backend.resume_reading()
+
+    def relaying(self) -> bool:
+        """Bytes flow both ways (relay or splice): the backend side may resume our reading."""
+        return self.state is State.RELAY or self.state is State.SPLICE
 
     # -- pre-TLS ---------------------------------------------------------------------
 
@@ -333,31 +364,16 @@ class ClientSession(asyncio.BufferedProtocol):
             self._route(hello, parser.buffered)
 
     def _route(self, hello: ClientHello, raw: bytes) -> None:
-        policy = self.server.settings.tls
-        named = bool(policy.legacy_ja3) and identify(hello).ja3 in policy.legacy_ja3
-        legacy = hello.max_version < _TLS_1_2 or named
+        """Carry out routing.route()'s decision for this ClientHello."""
+        decision = route(hello, self.server.settings.tls, lambda: self.server.legacy_allowed(self.peer_ip))
         # Which TLS policy, should we terminate (here or after a failed splice): legacy only
         # for a hello that cannot use the modern one; the legacy chain for legacy clients.
         assert self._ctx is not None
-        self._ctx = self.server.contexts.choose(self._ctx, hello, legacy_chain=legacy)
-        if hello.sni is not None and not hello.sni.isascii():
-            # RFC 6066 host names are ASCII (IDNs as A-labels). CPython's SNI callback cannot
-            # even decode such a name and prints a traceback, so refuse it here, with a reason.
-            self._refuse(
-                ALERT_ILLEGAL_PARAMETER,
-                "sni-not-ascii",
-                "handshake refused: SNI host name is not ASCII",
-                "SNI host name is not ASCII",
-            )
-        elif legacy and not self.server.legacy_allowed(self.peer_ip):
-            self._refuse(
-                ALERT_PROTOCOL_VERSION,
-                "legacy-not-allowed",
-                "legacy TLS refused: address not in tls.legacy_networks",
-                "legacy TLS not allowed from this address",
-                legacy=True,
-            )
-        elif legacy or policy.routing == "terminate-all":
+        self._ctx = self.server.contexts.choose(self._ctx, hello, legacy_chain=decision.legacy)
+        if decision.refusal is not None:
+            refusal = decision.refusal
+            self._refuse(refusal.alert, refusal.failure, refusal.what, refusal.reason, legacy=decision.legacy)
+        elif decision.route is Route.TERMINATE:
             self._terminate(raw)
         else:
             self._splice(raw)
@@ -408,9 +424,9 @@ class ClientSession(asyncio.BufferedProtocol):
             return
         except (ssl.SSLError, OSError) as exc:
             self._flush_tls()  # the alert tells the client why
-            self._log_fingerprint(f"handshake failed ({_describe(exc)})")
-            self.server.handshake_failed(self, _describe(exc))
-            self._close(Close.TLS_FAILED, _describe(exc))
+            self._log_fingerprint(f"handshake failed ({describe(exc)})")
+            self.server.handshake_failed(self, describe(exc))
+            self._close(Close.TLS_FAILED, describe(exc))
             return
         self.tls_version = self._sslobj.version() or "-"
         if self.tls_version in _LEGACY_VERSIONS and not self.server.legacy_allowed(self.peer_ip):
@@ -455,7 +471,7 @@ class ClientSession(asyncio.BufferedProtocol):
                 return
             except (ssl.SSLError, OSError) as exc:
                 self._relay_up(plain)
-                self._close(Close.TLS_ERROR, _describe(exc))
+                self._close(Close.TLS_ERROR, describe(exc))
                 return
             if self.state is State.UNAVAILABLE:
                 self._unavailable_data(chunk)
@@ -504,7 +520,7 @@ class ClientSession(asyncio.BufferedProtocol):
         try:
             self._sslobj.write(data)
         except (ssl.SSLError, OSError) as exc:
-            self._close(Close.TLS_ERROR, _describe(exc))
+            self._close(Close.TLS_ERROR, describe(exc))
             return
         if flush:
             self._flush_tls()
@@ -534,7 +550,7 @@ class ClientSession(asyncio.BufferedProtocol):
                     "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
                     self.conn_id,
                     address,
-                    _describe(exc),
+                    describe(exc),
                 )
                 early, self._early = self._early, b""
                 self._terminate(early)
@@ -577,8 +593,8 @@ class ClientSession(asyncio.BufferedProtocol):
         except (OSError, TimeoutError) as exc:
             if self.state is State.CONNECTING:
                 server.backend_failed()
-                log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, _describe(exc))
-                self.close_reason = CloseReason(Close.BACKEND_UNAVAILABLE, _describe(exc))
+                log.warning("conn=%d backend %s unavailable: %s", self.conn_id, backend_addr, describe(exc))
+                self.close_reason = CloseReason(Close.BACKEND_UNAVAILABLE, describe(exc))
                 self.state = State.UNAVAILABLE
                 limits = server.settings.limits
                 self._unavailable = PreTlsParser(limits.pre_tls_max_bytes)
@@ -746,90 +762,3 @@ class ClientSession(asyncio.BufferedProtocol):
             time.monotonic() - self.started,
             self.close_reason or "-",  # str(CloseReason): the same text as before the enum
         )
-
-
-class BackendConnection(asyncio.BufferedProtocol):
-    """The plaintext connection to Prosody, opened only after the client's TLS is up."""
-
-    __slots__ = ("_closed", "_eof_sent", "client", "transport")
-
-    def __init__(self, client: ClientSession) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self._closed = False
-        self._eof_sent = False  # after write_eof() a transport refuses write()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.client.from_backend(_RECV_BUFFER[:nbytes])
-
-    def eof_received(self) -> bool:
-        self.client.backend_closed(Close.BACKEND_CLOSED)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        if exc is not None:
-            self.client.backend_closed(Close.BACKEND_ERROR, _describe(exc))
-        else:
-            self.client.backend_closed(Close.BACKEND_CLOSED)
-
-    def pause_writing(self) -> None:
-        # Prosody is slower than the client: stop reading the client until it drains.
-        transport = self.client.transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        transport = self.client.transport
-        state = self.client.state
-        if transport is not None and not transport.is_closing() and state in (State.RELAY, State.SPLICE):
-            transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed and not self._eof_sent:
-            self.transport.write(data)
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        if self.transport is not None and not self._closed and not self._eof_sent:
-            self.transport.writelines(chunks)
-
-    def write_eof(self) -> None:
-        if (
-            self.transport is not None
-            and not self._closed
-            and not self._eof_sent
-            and self.transport.can_write_eof()
-        ):
-            self._eof_sent = True
-            self.transport.write_eof()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None and not self._closed:
-            self._closed = True
-            self.transport.close()
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "-"
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.__class__.__name__
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return exc.__class__.__name__
