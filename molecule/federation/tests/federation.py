@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -22,6 +23,9 @@ import pytest
 import yaml
 
 HERE = Path(__file__).resolve().parent
+SITE = HERE.parents[2] / "site.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 HOST_VARS = HERE.parent / "host_vars"
 CLIENT = HERE / "federation_client.py"
 PROSODY_LOG = "/var/log/prosody/prosody.log"
@@ -120,6 +124,51 @@ def s2s_sessions(server: Server) -> list[dict[str, str]]:
         return []
     columns = [cell.strip() for cell in lines[0].split("|")]
     return [dict(zip(columns, (cell.strip() for cell in line.split("|")), strict=False)) for line in lines[1:]]
+
+
+def ufw_allowed(server: Server, port: int) -> list[str]:
+    """The `ufw status` lines that ALLOW PORT/tcp (IPv4 and IPv6), e.g. "5269/tcp  ALLOW  Anywhere"."""
+    status = run_ok(server.host, "ufw status")
+    assert status.startswith("Status: active"), f"{server.instance}: UFW is not active:\n{status}"
+    return [line for line in status.splitlines() if re.match(rf"^{port}/tcp( \(v6\))?\s+ALLOW\s", line)]
+
+
+# Runs inside a container: a TCP connection to HOST:PORT, and how it ended.
+CONNECT = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
+    print("connected")
+except TimeoutError:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+"""
+
+
+def connect_from(client: Server, target: Server, port: int, timeout: float = 5.0) -> str:
+    """From CLIENT's container to TARGET's domain (its address on the scenario's network): "connected",
+    "refused" (nothing listens, the firewall let it through) or "timeout" (UFW dropped it)."""
+    command = f"python3 -c {shlex.quote(CONNECT)} {shlex.quote(target.domain)} {port} {timeout}"
+    return run_ok(client.host, command).strip()
+
+
+def run_site(limit: str, extra_vars: dict[str, Any]) -> int:
+    """site.yml against one container (Molecule's inventory, EXTRA_VARS), as an operator would run it;
+    fails the check if the run fails. Returns how many tasks changed."""
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run these checks through `molecule verify`")
+    command = [
+        str(ANSIBLE_PLAYBOOK), "-i", inventory, str(SITE), "--limit", limit, "--extra-vars", json.dumps(extra_vars),
+    ]  # fmt: skip
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = done.stdout + done.stderr
+    recaps = RECAP.findall(output)
+    if done.returncode != 0 or not recaps or any(int(r[2]) or int(r[3]) for r in recaps):
+        pytest.fail(f"site.yml --limit {limit} {extra_vars} exited {done.returncode}:\n{output[-6000:]}")
+    return sum(int(r[1]) for r in recaps)
 
 
 # Runs inside a container: an s2s stream to Prosody on its own loopback claiming to come from

@@ -11,6 +11,7 @@ import pytest
 from support import Scenario, run_ok, tcp_listeners
 
 BACKEND_PORT = 522  # bbproxy_backend_port: below 1024, so only Prosody can bind it
+S2S_PORT = 5269  # Prosody's s2s listener: on by default (bbproxy_prosody_s2s_enabled)
 
 
 def proxy_ports(scenario: Scenario) -> list[int]:
@@ -80,3 +81,15 @@ def test_ufw_keeps_ssh_open(ufw_status: str) -> None:
 def test_ufw_does_not_open_backend(ufw_status: str) -> None:
     backend = [rule for rule in ufw_rules(ufw_status) if rule[0].split("/")[0].split()[0] == str(BACKEND_PORT)]
     assert not backend, ufw_status
+
+
+def test_ufw_allows_s2s_by_default(host: Any, ufw_status: str) -> None:
+    # The role's defaults keep federation (bbproxy_prosody_s2s_enabled) and open what Prosody serves
+    # (bbproxy_firewall_open_prosody_ports): without the rule, UFW's default deny drops inbound s2s.
+    s2s = [lst for lst in tcp_listeners(host) if lst.port == S2S_PORT]
+    public = [lst for lst in s2s if not ipaddress.ip_address(lst.address).is_loopback]
+    assert public, f"Prosody does not listen on {S2S_PORT} publicly"
+    rules = ufw_rules(ufw_status)
+    for target in (f"{S2S_PORT}/tcp", f"{S2S_PORT}/tcp (v6)"):
+        actions = [action for to, action, _ in rules if to == target]
+        assert actions == ["ALLOW"], f"want one {target} ALLOW rule, got {actions}:\n{ufw_status}"
