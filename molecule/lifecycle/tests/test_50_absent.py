@@ -13,6 +13,7 @@ from support import LoginCheck, Scenario, negotiated_protocol, run_ok, s_client,
 
 REMOVED = [
     "/etc/systemd/system/bbproxy.service",
+    "/etc/systemd/system/bbproxy.socket",
     "/etc/bbproxy",
     "/opt/bbproxy",
     "/var/lib/bbproxy",
@@ -31,6 +32,8 @@ def test_the_proxy_is_gone(removed: Any) -> None:
     assert [path for path in REMOVED if host.file(path).exists] == []
     assert not host.service("bbproxy").is_running
     assert "bbproxy.service" not in run_ok(host, "systemctl list-unit-files --no-legend bbproxy.service || true")
+    assert not host.service("bbproxy.socket").is_running
+    assert "bbproxy.socket" not in run_ok(host, "systemctl list-unit-files --no-legend bbproxy.socket || true")
     assert not host.user("bbproxy").exists
     assert not host.group("bbproxy").exists
 

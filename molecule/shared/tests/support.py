@@ -117,9 +117,10 @@ def run_ok(host: Any, command: str) -> str:
     return str(result.stdout)
 
 
-# What a local user's process gets when it binds or connects: "ok", or the OSError's class name.
+# What a local user's process gets when it binds or connects: "ok", or the OSError's class name
+# (its errno's name, e.g. EADDRINUSE, when the class is plain OSError).
 _SOCKET_PROBE = """
-import socket, sys
+import errno, socket, sys
 action, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
 sock.settimeout(5)
@@ -130,7 +131,8 @@ try:
     else:
         sock.connect((address, port))
 except OSError as exc:
-    print(type(exc).__name__)
+    name = type(exc).__name__
+    print(errno.errorcode.get(exc.errno, name) if name == "OSError" else name)
 else:
     print("ok")
 """
@@ -138,7 +140,7 @@ else:
 
 def socket_as(host: Any, user: str, action: str, address: str, port: int) -> str:
     """Bind ("bind") or connect ("connect") to ADDRESS:PORT in the container as USER, without any
-    capability: "ok", or the error (PermissionError, ConnectionRefusedError, ...)."""
+    capability: "ok", or the error (PermissionError, ConnectionRefusedError, EADDRINUSE, ...)."""
     group = "nogroup" if user == "nobody" else user
     command = (
         f"setpriv --reuid={shlex.quote(user)} --regid={shlex.quote(group)} --init-groups "

@@ -85,7 +85,12 @@ def test_unit_exposure(host: Any) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/etc/prosody/prosody.cfg.lua", BBPROXY_TOML, "/etc/systemd/system/bbproxy.service"],
+    [
+        "/etc/prosody/prosody.cfg.lua",
+        BBPROXY_TOML,
+        "/etc/systemd/system/bbproxy.service",
+        "/etc/systemd/system/bbproxy.socket",
+    ],
 )
 def test_templated_files_carry_managed_header(host: Any, path: str) -> None:
     head = "\n".join(host.file(path).content_string.splitlines()[:5])

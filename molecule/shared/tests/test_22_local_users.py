@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support import run_ok, socket_as, systemctl_show
+from support import main_pid, run_ok, socket_as, systemctl_show
 
 BACKEND_PORT = 522  # bbproxy_backend_port
 PROSODY_TLS_PORT = 523  # bbproxy_prosody_tls_port ("legacy-only" routing)
@@ -81,3 +81,28 @@ def test_local_user_cannot_hold_the_metrics_slots(host: Any, proxy_config: dict[
     url = f"http://{listen}/metrics"
     fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10).read().decode())"
     assert "bbproxy_" in run_ok(host, f"python3 -c {shlex.quote(fetch)}")
+
+
+def public_listeners(proxy_config: dict[str, Any]) -> list[tuple[str, int]]:
+    """(address without brackets, port) of every STARTTLS and direct-TLS listener the proxy has."""
+    listeners = []
+    for entry in proxy_config["listen"] + proxy_config.get("direct_tls_listen", []):
+        address, _, port = entry.rpartition(":")
+        listeners.append((address.strip("[]"), int(port)))
+    return listeners
+
+
+def test_public_ports_are_held_by_systemd(host: Any, proxy_config: dict[str, Any]) -> None:
+    """bbproxy.socket (socket activation): systemd itself holds each public listening socket, and
+    the proxy serves from that same socket, so a proxy restart never lets the port go."""
+    assert host.service("bbproxy.socket").is_running, run_ok(host, "systemctl status --no-pager bbproxy.socket || true")
+    assert host.service("bbproxy.socket").is_enabled
+    proxy_pid = main_pid(host, "bbproxy")
+    for address, port in public_listeners(proxy_config):
+        # One line per listening socket; -p names every process holding it.
+        lines = run_ok(host, f"ss -Hltnp 'sport = :{port}'").splitlines()
+        local = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        mine = [line for line in lines if line.split()[3] == local]
+        assert len(mine) == 1, f"{local}: want exactly one listening socket, ss says:\n" + "\n".join(lines)
+        assert '("systemd",pid=1,' in mine[0], f"{local} is not held by systemd: {mine[0]}"
+        assert f"pid={proxy_pid}," in mine[0], f"the proxy (pid {proxy_pid}) does not serve {local}: {mine[0]}"
