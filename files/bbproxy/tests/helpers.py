@@ -133,3 +133,14 @@ def ja3_churn(hello_records: bytes, count: int, seed: int = 0) -> list[bytes]:
             orders.add(tuple(order))
             hellos.append(with_cipher_order(hello_records, order))
     return hellos
+
+
+def hello_of(ctx: ssl.SSLContext, server_hostname: str = "example.test") -> bytes:
+    """The ClientHello ``ctx`` sends, as records (its JA3 depends only on the context)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("a client handshake finished without a server")

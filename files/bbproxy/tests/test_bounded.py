@@ -23,7 +23,7 @@ from bbproxy.routing import ALERT_PROTOCOL_VERSION
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
-from .helpers import client_context, ja3_churn, run, until
+from .helpers import client_context, hello_of, ja3_churn, run, until
 from .test_relay import DOMAIN
 
 CHURN = 5000  # distinct fingerprints, each one connection
@@ -40,15 +40,6 @@ def ca_and_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, C
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
     return ca, CertPair(cert, key)
-
-
-def hello_of(ctx: ssl.SSLContext) -> bytes:
-    """The ClientHello ``ctx`` sends, as records."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
 
 
 def legacy_series(metrics: Metrics) -> dict[str, float]:

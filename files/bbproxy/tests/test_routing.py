@@ -26,7 +26,7 @@ from bbproxy.config import Address, TlsPolicy
 from bbproxy.server import ProxyServer
 from bbproxy.tls import CertPair
 
-from .helpers import client_context, free_port, run, until
+from .helpers import client_context, free_port, hello_of, run, until
 from .test_relay import DOMAIN, Backend, proxy, starttls_client, until_proceed
 
 LOOPS = ["asyncio", "uvloop"]
@@ -114,15 +114,6 @@ def peer_der(writer: asyncio.StreamWriter) -> bytes:
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(data)
     assert await asyncio.wait_for(reader.readexactly(len(data)), 10) == data
-
-
-def hello_of(ctx: ssl.SSLContext) -> bytes:
-    """The ClientHello ``ctx`` sends (JA3 depends only on the context, not on randomness)."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.do_handshake()
-    return outgoing.read()
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from . import fingerprints, memory, notify
 from .closing import Close
@@ -82,16 +83,7 @@ def open_socket(address: Address, reuse_port: bool = False) -> socket.socket:
     new connections over them. It is off otherwise, so a second instance started by mistake
     gets "address already in use" instead of silently taking half the clients.
     """
-    try:
-        infos = socket.getaddrinfo(
-            address.host,
-            address.port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
-        )
-    except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
-    family, socktype, proto, _, sockaddr = infos[0]
+    family, socktype, proto, sockaddr = _resolve(address)
     sock = socket.socket(family, socktype, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,7 +113,8 @@ def adopt_sockets(fds: list[int]) -> list[socket.socket]:
     return sockets
 
 
-def _sockaddr(address: Address) -> tuple[str, int]:
+def _resolve(address: Address) -> tuple[int, int, int, Any]:
+    """``address`` as (family, type, proto, sockaddr) to listen on; a ListenError if it is none."""
     try:
         infos = socket.getaddrinfo(
             address.host,
@@ -131,7 +124,12 @@ def _sockaddr(address: Address) -> tuple[str, int]:
         )
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
-    host, port = infos[0][4][:2]
+    family, socktype, proto, _, sockaddr = infos[0]
+    return family, socktype, proto, sockaddr
+
+
+def _sockaddr(address: Address) -> tuple[str, int]:
+    host, port = _resolve(address)[3][:2]
     return str(host), int(port)
 
 
