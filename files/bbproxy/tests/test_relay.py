@@ -468,3 +468,31 @@ def test_records_that_arrive_with_the_end_reach_the_backend_first(
             backend.close()
 
     run(loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_backend_that_closes_before_answering_gets_the_client_a_whole_stream_error(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """Prosody accepts, reads the client's header and closes without a word (a crash at the wrong
+    moment): the client's stream error must follow a stream header that opens it (RFC 6120 §4.2),
+    or clients such as slixmpp never see it."""
+    ca, pair = ca_and_pair
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b">")
+        writer.close()
+
+    async def scenario() -> None:
+        backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+        async with proxy(pair, backend.sockets[0].getsockname()[1]) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(HEADER)
+            answer = await asyncio.wait_for(reader.read(), DEADLINE)  # up to the proxy's close
+            assert answer.startswith(b"<?xml version='1.0'?><stream:stream"), answer
+            assert b"<remote-connection-failed" in answer and answer.endswith(b"</stream:stream>"), answer
+            await until(lambda: not server.sessions, "the session released")
+            writer.close()
+        backend.close()
+
+    run(loop_name, scenario)

@@ -686,10 +686,11 @@ class ClientSession(asyncio.BufferedProtocol):
             # say so, so the client reconnects knowingly instead of seeing a bare TLS close.
             # Not after the client ended its side (close_notify or FIN): then the backend's
             # close is the answer to that, and the client expects our close_notify, no data.
-            self._send_tls(
-                stream_error("remote-connection-failed", "the XMPP service closed the connection"),
-                flush=False,
-            )
+            text = "the XMPP service closed the connection"
+            if self.bytes_down == 0:  # nothing opened the client's stream yet: our header does
+                self._fail_unanswered(text, CloseReason(kind, detail))
+                return
+            self._send_tls(stream_error("remote-connection-failed", text), flush=False)
         if self.state is not State.CLOSED:
             self._close(kind, detail)
 
