@@ -30,10 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TextIO
 
+from .clienthello import TLS_1_2, VERSION_NAMES
+
 MAX_PENDING: Final = 65536  # connections seen with a fingerprint line and no close line yet
 MAX_CLIENTS: Final = 20000  # distinct (family, version, address) kept; the rest count as "other"
-LEGACY: Final = ("SSLv3", "TLSv1", "TLSv1.1")
-_ORDER: Final = {"SSLv3": 0, "TLSv1": 1, "TLSv1.1": 2, "TLSv1.2": 3, "TLSv1.3": 4}
+# Version names in order (their wire numbers), and those below TLS 1.2.
+_ORDER: Final = {name: number for number, name in VERSION_NAMES.items()}
+LEGACY: Final = tuple(name for name, number in _ORDER.items() if number < TLS_1_2)
+_UNKNOWN: Final = 0x10000  # a version name not above: sorted last, never 'below min_tls'
 OTHER: Final = "other"
 
 # "2026-12-06T18:00:00+0000 host bbproxy[1]: ..." (journalctl -o short-iso) or our own stamp
@@ -159,7 +163,7 @@ class WhatIf:
 
     def breaks(self, client: Client) -> bool:
         """Whether a client that was *served* would be refused under this policy."""
-        if self.min_tls is not None and _ORDER.get(client.version, 5) < _ORDER[self.min_tls]:
+        if self.min_tls is not None and _ORDER.get(client.version, _UNKNOWN) < _ORDER[self.min_tls]:
             return True
         if self.legacy_networks is not None and client.version in LEGACY:
             try:
@@ -215,7 +219,7 @@ def report(census: Census, days: float | None, what_if: WhatIf | None, now: dt.d
         )
         addrs.add(client.address)
     for (family, version), (total, addrs) in sorted(
-        rows.items(), key=lambda r: (_ORDER.get(r[0][1], 9), r[0][0])
+        rows.items(), key=lambda r: (_ORDER.get(r[0][1], _UNKNOWN), r[0][0])
     ):
         seen = f"{total.last:%Y-%m-%d}" if total.last else "-"
         out.append(

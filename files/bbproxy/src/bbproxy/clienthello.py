@@ -24,7 +24,7 @@ VERSION_NAMES: Final = {
     0x0304: "TLSv1.3",
 }
 
-_TLS_1_2: Final = 0x0303
+TLS_1_2: Final = 0x0303  # as ClientHellos spell TLS 1.2
 _EXT_SERVER_NAME: Final = 0
 _EXT_GROUPS: Final = 10
 _EXT_POINT_FORMATS: Final = 11
@@ -60,7 +60,7 @@ def is_grease(value: int) -> bool:
 
 
 # The same 16 values as a set: the fingerprint of every legacy handshake filters ~60 numbers.
-_GREASE: Final = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+GREASE: Final = frozenset(0x0A0A + 0x1010 * i for i in range(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +86,11 @@ class ClientHello:
         """
         if self.supported_versions:
             return max((v for v in self.supported_versions if v in VERSION_NAMES), default=0)
-        return min(self.legacy_version, _TLS_1_2)
+        return min(self.legacy_version, TLS_1_2)
 
     def ja3_string(self) -> str:
         def dashed(values: tuple[int, ...]) -> str:
-            return "-".join([str(v) for v in values if v not in _GREASE])
+            return "-".join([str(v) for v in values if v not in GREASE])
 
         return ",".join(
             (
@@ -129,7 +129,7 @@ def _version_name(value: int) -> str:
 
 
 def _hex_list(values: tuple[int, ...]) -> str:
-    return ",".join([f"{v:04x}" for v in values if v not in _GREASE]) or "-"
+    return ",".join([f"{v:04x}" for v in values if v not in GREASE]) or "-"
 
 
 def _safe(text: str) -> str:
@@ -343,7 +343,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
                 alpn = tuple(found)
     return ClientHello(
         legacy_version=legacy_version,
-        supported_versions=tuple([v for v in versions if v not in _GREASE]),
+        supported_versions=tuple([v for v in versions if v not in GREASE]),
         ciphers=ciphers,
         extensions=tuple(extensions),
         groups=groups,

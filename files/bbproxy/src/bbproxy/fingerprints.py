@@ -27,13 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from .clienthello import ClientHello
+from .clienthello import GREASE, ClientHello
 
 _JA4_VERSIONS: Final = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
 _EMPTY_HASH: Final = "000000000000"
 _SNI: Final = 0x0000
 _ALPN: Final = 0x0010
-_GREASE: Final = frozenset(0x0A0A + 0x1010 * i for i in range(16))
 NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,39}\Z")
 JA4_RE: Final = re.compile(r"[tqd][0-9s]{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}\Z")
 JA3_RE: Final = re.compile(r"[0-9a-f]{32}\Z")
@@ -73,10 +72,10 @@ def _alpn_chars(alpn: tuple[str, ...]) -> str:
 
 def ja4(hello: ClientHello) -> str:
     """The JA4 fingerprint (TLS over TCP) of a ClientHello."""
-    versions = [v for v in hello.supported_versions if v not in _GREASE]
+    versions = [v for v in hello.supported_versions if v not in GREASE]
     version = max(versions) if versions else hello.legacy_version
-    ciphers = [c for c in hello.ciphers if c not in _GREASE]
-    extensions = [e for e in hello.extensions if e not in _GREASE]
+    ciphers = [c for c in hello.ciphers if c not in GREASE]
+    extensions = [e for e in hello.extensions if e not in GREASE]
     head = (
         f"t{_JA4_VERSIONS.get(version, '00')}{'d' if _SNI in extensions else 'i'}"
         f"{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_alpn_chars(hello.alpn)}"
@@ -84,7 +83,7 @@ def ja4(hello: ClientHello) -> str:
     suites = ",".join(sorted(f"{c:04x}" for c in ciphers))
     listed = ",".join(sorted(f"{e:04x}" for e in extensions if e not in (_SNI, _ALPN)))
     if listed and hello.sigalgs:
-        listed += "_" + ",".join(f"{s:04x}" for s in hello.sigalgs if s not in _GREASE)
+        listed += "_" + ",".join(f"{s:04x}" for s in hello.sigalgs if s not in GREASE)
     return f"{head}_{_hash12(suites)}_{_hash12(listed)}"
 
 

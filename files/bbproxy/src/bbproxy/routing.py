@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from .clienthello import ClientHello
+from .clienthello import TLS_1_2, ClientHello
 from .config import TlsPolicy
 from .fingerprints import identify
 
@@ -23,7 +23,6 @@ from .fingerprints import identify
 ALERT_PROTOCOL_VERSION: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46))
 ALERT_ILLEGAL_PARAMETER: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x2F))
 ALERT_HANDSHAKE_FAILURE: Final = bytes((0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28))
-_TLS_1_2: Final = 0x0303
 
 
 class Route(Enum):
@@ -64,7 +63,7 @@ LEGACY_NOT_ALLOWED: Final = Refusal(
 def is_legacy(hello: ClientHello, policy: TlsPolicy) -> bool:
     """Offers nothing from TLS 1.2 up (versions it does not know ignored), or is named in
     ``tls.legacy_ja3``."""
-    if hello.max_version < _TLS_1_2:
+    if hello.max_version < TLS_1_2:
         return True
     return bool(policy.legacy_ja3) and identify(hello).ja3 in policy.legacy_ja3
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from . import fingerprints, memory, notify
 from .closing import Close
@@ -144,6 +144,10 @@ def take_inherited(address: Address, inherited: list[socket.socket]) -> socket.s
     return None
 
 
+# The legacy outcomes that count without a family of their own (ProxyServer.legacy_client).
+_UNNAMED_OUTCOMES: Final = {"refused": LEGACY_REFUSED, "failed": LEGACY_FAILED}
+
+
 class ProxyServer:
     def __init__(
         self,
@@ -215,13 +219,7 @@ class ProxyServer:
         under its family (the first MAX_FAMILIES of them): a refusal or a hello abandoned
         half-way costs the client no handshake, so its fingerprint earns no entry; those count as
         ``refused`` and ``failed`` (the log lines and ``bbproxy census`` have them by name)."""
-        key = (
-            self._legacy_family(family)
-            if outcome == "served"
-            else LEGACY_REFUSED
-            if outcome == "refused"
-            else LEGACY_FAILED
-        )
+        key = _UNNAMED_OUTCOMES.get(outcome) or self._legacy_family(family)
         self.stats.legacy_families[key] += 1
         self.metrics.legacy_client(key)
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import ssl
@@ -54,13 +55,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from . import logsink, proxy_protocol
-from .clienthello import ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
+from .clienthello import TLS_1_2, ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
 from .closing import Close, CloseReason, describe
 from .fingerprints import identify
 from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 from .relay import RECV_BUFFER, BackendConnection
-from .routing import ALERT_HANDSHAKE_FAILURE, ALERT_PROTOCOL_VERSION, Route, route
+from .routing import ALERT_HANDSHAKE_FAILURE, LEGACY_NOT_ALLOWED, Refusal, Route, route
 
 if TYPE_CHECKING:
     from .config import Address, Settings
@@ -70,7 +71,6 @@ log = logging.getLogger("bbproxy.session")
 
 # One TLS record carries at most 16 KiB of plaintext.
 READ_SIZE: Final = 16384
-_TLS_1_2: Final = 0x0303
 # Splice progress, counted in flights (a run of bytes from one side): the handshake timeout ends
 # when Prosody answers the client's second flight (its first is the ClientHello).
 _SPLICE_HELLO_SENT, _SPLICE_SERVER_SPOKE, _SPLICE_CLIENT_ANSWERED, _SPLICE_DONE = range(4)
@@ -343,7 +343,7 @@ class ClientSession(asyncio.BufferedProtocol):
             hello = parser.feed(data)
         except ClientHelloRefused as exc:
             self._hello = str(exc)
-            self._refuse(ALERT_HANDSHAKE_FAILURE, "fragmented-hello", "handshake refused", str(exc))
+            self._refuse(Refusal(ALERT_HANDSHAKE_FAILURE, "fragmented-hello", "handshake refused", str(exc)))
             return
         except ClientHelloError as exc:
             if not parser.buffered:  # only whitespace, and too much of it: no TLS to answer
@@ -371,22 +371,22 @@ class ClientSession(asyncio.BufferedProtocol):
         assert self._ctx is not None
         self._ctx = self.server.contexts.choose(self._ctx, hello, legacy_chain=decision.legacy)
         if decision.refusal is not None:
-            refusal = decision.refusal
-            self._refuse(refusal.alert, refusal.failure, refusal.what, refusal.reason, legacy=decision.legacy)
+            self._refuse(decision.refusal, legacy=decision.legacy)
         elif decision.route is Route.TERMINATE:
             self._terminate(raw)
         else:
             self._splice(raw)
 
-    def _refuse(self, alert: bytes, failure: str, what: str, reason: str, legacy: bool = False) -> None:
-        """End the handshake before any TLS state exists: a fatal alert and a fingerprint line."""
+    def _refuse(self, refusal: Refusal, legacy: bool = False) -> None:
+        """End the handshake with a fatal alert (before any TLS state exists, or before our last
+        flight) and a fingerprint line."""
         assert self.transport is not None
         self.route = "refused"
         # The line first: whoever sees the alert (an operator's test client) finds it logged.
-        self._log_fingerprint(what, legacy=legacy)
-        self.transport.write(alert)
-        self.server.handshake_failed(self, failure)
-        self._close(Close.TLS_REFUSED, reason)
+        self._log_fingerprint(refusal.what, legacy=legacy)
+        self.transport.write(refusal.alert)
+        self.server.handshake_failed(self, refusal.failure)
+        self._close(Close.TLS_REFUSED, refusal.reason)
 
     def _terminate(self, raw: bytes) -> None:
         """Our own TLS: replay what was read into a fresh SSLObject and go on from there."""
@@ -408,7 +408,7 @@ class ClientSession(asyncio.BufferedProtocol):
         if isinstance(hello, ClientHello):
             who = identify(hello)
             logsink.info(log, "conn=%d %s: %s", self.conn_id, what, who.summary)
-            if legacy or hello.max_version < _TLS_1_2:
+            if legacy or hello.max_version < TLS_1_2:
                 outcome = "refused" if self.route == "refused" else "served" if legacy else "failed"
                 self.server.legacy_client(hello.family(who.name), outcome)
         elif isinstance(hello, str):
@@ -435,14 +435,10 @@ class ClientSession(asyncio.BufferedProtocol):
             # Our last flight (its Finished) is dropped, so the client never completes.
             assert self._outgoing is not None
             self._outgoing.read()
-            self._refuse(
-                ALERT_PROTOCOL_VERSION,
-                "legacy-not-allowed",
-                f"legacy TLS refused after negotiating {self.tls_version}: "
-                "address not in tls.legacy_networks",
-                "legacy TLS not allowed from this address",
-                legacy=True,
+            what = (
+                f"legacy TLS refused after negotiating {self.tls_version}: address not in tls.legacy_networks"
             )
+            self._refuse(dataclasses.replace(LEGACY_NOT_ALLOWED, what=what), legacy=True)
             return
         self._flush_tls()  # last flight, TLS 1.3 session tickets
         self._cancel_timer()

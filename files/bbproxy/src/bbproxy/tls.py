@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .clienthello import ClientHello
+from .clienthello import TLS_1_2, ClientHello
 
 # TLS 1.2: forward secret AEAD suites only, ECDSA first (cheaper handshakes).
 MODERN_SUITES: Final = (
@@ -55,7 +55,6 @@ TLS_VERSIONS: Final[Mapping[str, ssl.TLSVersion]] = {
     "1.2": ssl.TLSVersion.TLSv1_2,
     "1.3": ssl.TLSVersion.TLSv1_3,
 }
-_TLS_1_2_WIRE: Final = 0x0303  # TLS 1.2 as ClientHello versions spell it
 
 
 # OpenSSL's reasons for a key that belongs to no certificate of the chain: same type but
@@ -116,7 +115,7 @@ def policy_for(max_version: int, offered: Iterable[int], modern_suites: frozense
     (TLS 1.3's included). A TLS 1.2 hello without one of them (Safari 5-8, Chrome 30: CBC
     only) would get nothing from the modern context, so it gets the legacy one, at TLS 1.2.
     """
-    if max_version >= _TLS_1_2_WIRE and not modern_suites.isdisjoint(offered):
+    if max_version >= TLS_1_2 and not modern_suites.isdisjoint(offered):
         return Policy.MODERN
     return Policy.LEGACY
 
