@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,8 @@ PACKAGE = REPO / "files" / "bbproxy"
 sys.path.insert(0, str(PACKAGE))
 
 from tests.helpers import as_records, handshake_message  # noqa: E402
+
+import loadgen  # noqa: E402  (bench/, the script's own directory)
 
 DOMAIN = "example.test"
 HEADER = (
@@ -89,14 +90,11 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
 
 def client_context(padding: int) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    """The load generator's TLS 1.0 client (loadgen.py), offering the one suite the EC certificate
+    serves, padded with ``padding`` ALPN names of 250 bytes after the one that is served."""
+    ctx = loadgen.client_context("1.0")
     ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")
-    if padding:  # ALPN names of 250 bytes after the one that is served
+    if padding:
         ctx.set_alpn_protocols(["xmpp-client", *(f"{i:03d}" + "p" * 247 for i in range(padding))])
     return ctx
 
