@@ -107,3 +107,21 @@ def test_a_missing_operator_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def _fields(hello: ClientHello) -> dict[str, object]:
     return {name: getattr(hello, name) for name in hello.__dataclass_fields__}
+
+
+def test_the_shipped_table_is_what_its_sources_give() -> None:
+    """fingerprints.toml is generated (tools/fingerprint_table.py) from testssl.sh's hellos and our
+    own captures (integration/data/own_hellos.json): a hand edit or a stale table fails here."""
+    import importlib.util
+
+    from . import testssl_data
+
+    source = testssl_data.find()
+    assert source is not None, f"apt-get install {testssl_data.PACKAGE} (make deps)"
+    path = Path(__file__).resolve().parents[3] / "tools" / "fingerprint_table.py"
+    spec = importlib.util.spec_from_file_location("fingerprint_table", path)
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    shipped = Path(fingerprints.__file__).with_name("fingerprints.toml").read_text()
+    assert shipped == generator.build(source), "run tools/fingerprint_table.py and commit the table"
