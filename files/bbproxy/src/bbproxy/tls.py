@@ -36,7 +36,7 @@ from .certificates import CertChoice, cert_pairs, load_pair, suite_ids
 # Re-exported (`X as X`): callers have always imported these from here.
 from .certificates import CertificateError as CertificateError
 from .certificates import CertPair as CertPair
-from .clienthello import TLS_1_2, ClientHello
+from .hello_message import TLS_1_2, ClientHello
 
 # TLS 1.2: forward secret AEAD suites only, ECDSA first (cheaper handshakes).
 MODERN_SUITES: Final = (
