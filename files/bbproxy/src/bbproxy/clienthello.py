@@ -158,5 +158,3 @@ class ClientHelloParser:
         if needed > self._max:
             raise ClientHelloError("ClientHello too large")
         self._needed = needed
-
-
