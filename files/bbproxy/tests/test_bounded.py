@@ -18,7 +18,9 @@ import trustme
 from bbproxy.clienthello import ClientHelloParser
 from bbproxy.config import Address, Limits, Settings, TlsPolicy
 from bbproxy.fingerprints import identify
-from bbproxy.metrics import LEGACY_REFUSED, Metrics, render
+from bbproxy.metric_labels import LEGACY_REFUSED
+from bbproxy.metrics import Metrics
+from bbproxy.metrics_http import render
 from bbproxy.routing import ALERT_PROTOCOL_VERSION
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair

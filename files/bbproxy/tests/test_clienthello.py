@@ -19,14 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbproxy.clienthello import (
-    MAX_RECORDS,
-    ClientHello,
-    ClientHelloError,
-    ClientHelloParser,
-    is_grease,
-)
+from bbproxy.clienthello import MAX_RECORDS, ClientHelloParser
 from bbproxy.fingerprints import identify
+from bbproxy.hello_message import ClientHello, ClientHelloError, is_grease
 from bbproxy.tls import Policy, cipher_string
 
 from .helpers import as_records, handshake_message, supported_versions, with_extension

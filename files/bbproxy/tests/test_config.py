@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bbproxy.config import Address, ConfigError, build_parser, parse_address, settings_from_args
+from bbproxy.config import build_parser, settings_from_args
+from bbproxy.settings import Address, ConfigError, parse_address
 
 
 def settings(argv: list[str], toml: str | None = None, tmp_path: Path | None = None):  # type: ignore[no-untyped-def]

@@ -10,39 +10,44 @@ import asyncio
 import contextlib
 import inspect
 import random
+import re
 import string
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from bbproxy import __version__
-from bbproxy import metrics as metrics_module
+from bbproxy import __version__, metrics_http
 from bbproxy.closing import Close, CloseReason
-from bbproxy.metrics import (
+from bbproxy.metric_labels import (
     CLOSE_REASONS,
     DURATION_BUCKETS,
     HANDSHAKE_FAILURE_REASONS,
+    LEGACY_FAILED,
     LEGACY_REFUSED,
     MAX_CIPHERS,
     MAX_FAMILIES,
     MAX_LISTENERS,
-    MAX_SCRAPERS,
+    OTHER,
     REFUSE_REASONS,
+    ROUTES,
+    handshake_failure_reason,
+    refuse_reason,
+    tls_version,
+)
+from bbproxy.metrics import (
     UNAVAILABLE_MESSAGE,
     LiveTotals,
     Metrics,
     MetricsUnavailable,
     NullMetrics,
-    handshake_failure_reason,
-    refuse_reason,
-    render,
-    serve,
-    tls_version,
+    Recorder,
 )
+from bbproxy.metrics_http import MAX_SCRAPERS, render, serve
 
 from .helpers import run
 
@@ -362,7 +367,8 @@ def public_methods(cls: type) -> dict[str, inspect.Signature]:
 
 def test_null_metrics_has_exactly_the_methods_of_metrics() -> None:
     real, null = public_methods(Metrics), public_methods(NullMetrics)
-    assert real == null
+    assert real == null == public_methods(Recorder)  # mypy checks each against Recorder too
+    assert Recorder in Metrics.__mro__ and Recorder in NullMetrics.__mro__
     assert {"accepted", "refused", "handshake", "handshake_failed", "backend_failed", "closed"} <= set(real)
     assert "set_live_source" in real
 
@@ -480,7 +486,7 @@ def test_endpoint_serves_metrics_and_404s_elsewhere(loop_name: str, metrics: Met
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_endpoint_bounds_requests(loop_name: str, metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics_module, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(metrics_http, "REQUEST_TIMEOUT", 1.0)
 
     async def body(port: int) -> None:
         answer = await raw_request(port, b"GARBAGE\r\n\r\n")
@@ -530,11 +536,14 @@ def test_a_failing_live_source_gives_500_not_a_crash(
     assert "metrics scrape failed: RuntimeError: boom" in caplog.text
 
 
-def test_the_docstring_table_names_every_metric(metrics: Metrics) -> None:
-    """The README copies the module docstring's table: it must not drift from what is exposed."""
+DOC = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
+
+
+def test_the_doc_names_every_metric_and_label_value(metrics: Metrics) -> None:
+    """docs/metrics.md is the operators' list: it must not drift from what is exposed."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    doc = metrics_module.__doc__ or ""
+    doc = DOC.read_text(encoding="utf-8")
     exposed = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in text_string_to_metric_families(render(metrics).decode())
@@ -542,4 +551,11 @@ def test_the_docstring_table_names_every_metric(metrics: Metrics) -> None:
     }
     assert len(exposed) == 12
     for name in exposed:
-        assert f"``{name}``" in doc or f"``{name}{{" in doc, name
+        assert f"| `{name}` |" in doc or f"| `{name}{{" in doc, name
+    # Metric names, not the role's variables (bbproxy_metrics_listen, ...) the doc also names.
+    named = {name for name in re.findall(r"\bbbproxy_[a-z_]+", doc) if not name.startswith("bbproxy_metrics")}
+    histogram = "bbproxy_handshake_duration_seconds"
+    assert named - exposed <= {histogram + "_bucket"}, "the doc names a metric that does not exist"
+    words = REFUSE_REASONS | HANDSHAKE_FAILURE_REASONS | ROUTES | CLOSE_REASONS
+    for word in words | {LEGACY_REFUSED, LEGACY_FAILED, OTHER, "client_to_backend", "backend_to_client"}:
+        assert f"`{word}`" in doc, word

@@ -17,8 +17,9 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bbproxy.certificates import CertPair, suite_ids
 from bbproxy.clienthello import ClientHelloParser
-from bbproxy.tls import CertPair, Policy, build_context, policy_for, suite_ids
+from bbproxy.tls import Policy, build_context, policy_for
 
 
 def issue_pair(tmp_path_factory: pytest.TempPathFactory, key_type: trustme.KeyType) -> CertPair:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TextIO
 
-from .clienthello import TLS_1_2, VERSION_NAMES
+from .hello_message import TLS_1_2, VERSION_NAMES
 
 MAX_PENDING: Final = 65536  # connections seen with a fingerprint line and no close line yet
 MAX_CLIENTS: Final = 20000  # distinct (family, version, address) kept; the rest count as "other"

@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, fingerprints, logsink, memory, notify
-from .config import ConfigError, Settings, build_parser, settings_from_args
+from .certificates import CertificateError
+from .config import build_parser, settings_from_args
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
 from .server import ListenError, adopt_sockets, load_contexts, run
-from .tls import CertificateError
+from .settings import ConfigError, Settings
 from .workers import Supervisor
 
 log = logging.getLogger("bbproxy")

@@ -1,164 +1,50 @@
 """Settings from the command line and an optional TOML file, validated into one frozen object.
 
 Every problem becomes a :class:`ConfigError` whose message names the key or flag, so an
-operator sees one clear line instead of a traceback.
+operator sees one clear line instead of a traceback. The settings' types, defaults and the
+parsers of single values are :mod:`bbproxy.settings`; this module reads the flags and the
+file, parses their tables and checks the rules between keys.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
 from . import __version__
-from .tls import TLS_VERSIONS, CertChoice, CertPair
-
-DEFAULT_LISTEN: Final = ("0.0.0.0:5222", "[::]:5222")
-DEFAULT_BACKEND: Final = "127.0.0.1:5200"
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-LOOPS: Final = ("auto", "asyncio", "uvloop")
-PROXY_PROTOCOLS: Final = ("off", "v1", "v2")
-TLS_ROUTINGS: Final = ("terminate-all", "legacy-only")
-_DOMAIN_RE: Final = re.compile(
-    r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
+from .certificates import CertChoice, CertPair
+from .settings import (
+    DEFAULT_BACKEND,
+    DEFAULT_LISTEN,
+    DEFAULT_TLS_BACKEND,
+    LOG_LEVELS,
+    LOOPS,
+    PROXY_PROTOCOLS,
+    TLS_ROUTINGS,
+    choice,
+    file_path,
+    network,
+    normalize_domain,
+    optional_address,
+    optional_path,
+    parse_address,
+    string_list,
 )
 
-
-class ConfigError(Exception):
-    """Bad configuration; str() is the one line shown to the operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_connections: int = 10000
-    pre_tls_timeout: float = 30.0
-    pre_tls_max_bytes: int = 8192
-    handshake_timeout: float = 30.0
-    backend_connect_timeout: float = 10.0
-    # From the client's first bytes relayed to the backend until the backend's first answer: a
-    # backend that accepts but never speaks (hung, overloaded) ends the session with a stream error.
-    backend_answer_timeout: float = 30.0
-    # On SIGTERM: how long live sessions may go on before system-shutdown ends them.
-    shutdown_grace: float = 30.0
-    # After a client stops sending (TCP FIN or close_notify): how long Prosody gets to finish
-    # its answer before the session is closed anyway.
-    half_close_timeout: float = 30.0
-    # Per source address (IPv6: per ipv6_prefix network); 0 = no limit. Answered with a stream
-    # error, never a silent drop. Sized for carrier-grade NAT: many phones behind one IPv4
-    # address (docs/configuration.md, "Per-IP limits").
-    max_connections_per_ip: int = 100
-    connect_rate_per_ip: int = 120  # new connections per minute, in bursts of up to as many
-    ipv6_prefix: int = 64  # IPv6 sources are counted per network of this many bits
-    exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
-
-
-DEFAULT_TLS_BACKEND: Final = Address("127.0.0.1", 5202)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsPolicy:
-    """Who gets which TLS: the proxy's own (terminate) or Prosody's (pass through).
-
-    A client is *legacy* when the highest version its ClientHello offers is below TLS 1.2,
-    or its JA3 hash is listed in ``legacy_ja3``. Legacy clients are always terminated here
-    (and refused unless their address is in ``legacy_networks``); with ``routing =
-    "legacy-only"`` everyone else is passed through, still encrypted, to ``backend``.
-    """
-
-    routing: str = "terminate-all"
-    backend: Address = DEFAULT_TLS_BACKEND
-    legacy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("0.0.0.0/0"),
-        ipaddress.ip_network("::/0"),
-    )
-    legacy_ja3: frozenset[str] = frozenset()
-    # TLS 1.0/1.1 key exchange by RSA (no forward secrecy), for clients without ECDHE (Java 6).
-    legacy_plain_rsa: bool = False
-    # Certificate(s) for every legacy client, whatever the domain: a chain old devices trust.
-    legacy_cert: CertChoice | None = None
-
+# Re-exported (`X as X`): callers have always imported these from here.
+from .settings import Address as Address
+from .settings import ConfigError as ConfigError
+from .settings import Limits as Limits
+from .settings import Settings as Settings
+from .settings import TlsPolicy as TlsPolicy
+from .tls import TLS_VERSIONS
 
 # Limits where 0 means "off" rather than "nothing allowed".
 _ZERO_MEANS_OFF: Final = frozenset({"max_connections_per_ip", "connect_rate_per_ip"})
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: tuple[Address, ...]
-    direct_tls_listen: tuple[Address, ...]
-    backend: Address
-    domains: tuple[str, ...]
-    min_tls: str
-    cert: CertChoice
-    certificates: Mapping[str, CertChoice] = field(default_factory=dict)
-    limits: Limits = field(default_factory=Limits)
-    log_level: str = "info"
-    loop: str = "auto"
-    workers: int = 1
-    metrics_listen: Address | None = None
-    send_proxy_protocol: str = "off"
-    tls: TlsPolicy = field(default_factory=TlsPolicy)
-    config_file: Path | None = None
-    fingerprints: Path | None = None  # the operator's names for client fingerprints
-
-
-def parse_address(value: object, key: str) -> Address:
-    """Parse ``HOST:PORT`` or ``[V6]:PORT``."""
-    if not isinstance(value, str):
-        raise ConfigError(f'{key}: expected "HOST:PORT", got {value!r}')
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise ConfigError(f"{key}: {value!r} is not [IPv6]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ConfigError(f"{key}: {value!r} is not HOST:PORT (write IPv6 as [::1]:5222)")
-    if not host:
-        raise ConfigError(f"{key}: {value!r} has no host")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} has no valid port") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{key}: port {port} is out of range 1-65535")
-    if text.startswith("["):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(f"{key}: {host!r} is not an IPv6 address") from None
-    return Address(host, port)
-
-
-def normalize_domain(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a domain name, got {value!r}")
-    domain = value.strip().rstrip(".").lower()
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ConfigError(f"{key}: {value!r} is not a valid domain name") from None
-    if not _DOMAIN_RE.match(ascii_domain):
-        raise ConfigError(f"{key}: {value!r} is not a valid domain name")
-    return domain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,26 +109,6 @@ def load_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _string_list(value: object, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key}: expected a list of strings")
-    return list(value)
-
-
-def _choice(value: object, key: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _path(value: object, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected a file path")
-    return Path(value)
-
-
 def _limits(raw: object) -> Limits:
     if raw is None:
         return Limits()
@@ -256,7 +122,7 @@ def _limits(raw: object) -> Limits:
         default = getattr(Limits(), name)
         key = f"limits.{name}"
         if name == "exempt_networks":
-            values[name] = tuple(_network(v, key) for v in _string_list(value, key))
+            values[name] = tuple(network(v, key) for v in string_list(value, key))
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -268,13 +134,6 @@ def _limits(raw: object) -> Limits:
             raise ConfigError(f"{key}: must be from 32 to 128 (bits of an IPv6 network), got {value!r}")
         values[name] = float(value) if isinstance(default, float) else value
     return Limits(**values)
-
-
-def _network(value: str, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} is not an address or CIDR network") from None
 
 
 _JA3_RE: Final = re.compile(r"[0-9a-f]{32}\Z")
@@ -291,15 +150,15 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
     values: dict[str, Any] = {}
     routing = routing_flag if routing_flag is not None else raw.get("routing")
     if routing is not None:
-        values["routing"] = _choice(routing, "tls.routing", TLS_ROUTINGS)
+        values["routing"] = choice(routing, "tls.routing", TLS_ROUTINGS)
     backend = backend_flag if backend_flag is not None else raw.get("backend")
     if backend is not None:
         values["backend"] = parse_address(backend, "tls.backend")
     if "legacy_networks" in raw:
         key = "tls.legacy_networks"
-        values["legacy_networks"] = tuple(_network(v, key) for v in _string_list(raw["legacy_networks"], key))
+        values["legacy_networks"] = tuple(network(v, key) for v in string_list(raw["legacy_networks"], key))
     if "legacy_ja3" in raw:
-        hashes = [v.strip().lower() for v in _string_list(raw["legacy_ja3"], "tls.legacy_ja3")]
+        hashes = [v.strip().lower() for v in string_list(raw["legacy_ja3"], "tls.legacy_ja3")]
         bad = [h for h in hashes if not _JA3_RE.match(h)]
         if bad:
             raise ConfigError(f"tls.legacy_ja3: {bad[0]!r} is not a JA3 hash (32 hex digits)")
@@ -346,23 +205,19 @@ def _cert_choice(cert_raw: object, key_raw: object, where: str) -> CertChoice:
     """``cert``/``key`` as two paths, or two lists of paths: one certificate per key type."""
     prefix = f"{where}." if where else ""
     if isinstance(cert_raw, str) and isinstance(key_raw, str):
-        return CertPair(_path(cert_raw, f"{prefix}cert"), _path(key_raw, f"{prefix}key"))
-    certs = _string_list(cert_raw, f"{prefix}cert")
-    keys = _string_list(key_raw, f"{prefix}key")
+        return CertPair(file_path(cert_raw, f"{prefix}cert"), file_path(key_raw, f"{prefix}key"))
+    certs = string_list(cert_raw, f"{prefix}cert")
+    keys = string_list(key_raw, f"{prefix}key")
     if not 1 <= len(certs) <= 2 or len(certs) != len(keys):
         raise ConfigError(
             f"{prefix}cert and {prefix}key: one path each, or two lists of the same length "
             "(at most two: one RSA and one ECDSA certificate)"
         )
     pairs = tuple(
-        CertPair(_path(c, f"{prefix}cert"), _path(k, f"{prefix}key"))
+        CertPair(file_path(c, f"{prefix}cert"), file_path(k, f"{prefix}key"))
         for c, k in zip(certs, keys, strict=True)
     )
     return pairs[0] if len(pairs) == 1 else pairs
-
-
-def _optional_address(value: object, key: str) -> Address | None:
-    return None if value in ("", None) else parse_address(value, key)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -374,12 +229,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         return flag if flag is not None else data.get(key, default)
 
     listen_raw = (
-        args.listen if args.listen else _string_list(data.get("listen", list(DEFAULT_LISTEN)), "listen")
+        args.listen if args.listen else string_list(data.get("listen", list(DEFAULT_LISTEN)), "listen")
     )
     direct_raw = (
         args.direct_tls_listen
         if args.direct_tls_listen
-        else _string_list(data.get("direct_tls_listen", []), "direct_tls_listen")
+        else string_list(data.get("direct_tls_listen", []), "direct_tls_listen")
     )
     listen = tuple(parse_address(v, "listen") for v in listen_raw)
     direct = tuple(parse_address(v, "direct_tls_listen") for v in direct_raw)
@@ -389,7 +244,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ConfigError("listen: the same address is listed twice")
     backend = parse_address(pick(args.backend, "backend", DEFAULT_BACKEND), "backend")
 
-    domains_raw = args.domain if args.domain else _string_list(data.get("domains", []), "domains")
+    domains_raw = args.domain if args.domain else string_list(data.get("domains", []), "domains")
     domains = tuple(dict.fromkeys(normalize_domain(d, "domains") for d in domains_raw))
     if not domains:
         raise ConfigError("domains: at least one domain is needed (--domain or domains = [...])")
@@ -410,7 +265,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"certificates.{stray[0]!r}: not one of the served domains")
 
     tls = _tls_policy(data.get("tls"), args.tls_routing, args.tls_backend)
-    min_tls = _choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS))
+    min_tls = choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS))
     if tls.legacy_cert is not None and TLS_VERSIONS[min_tls] >= TLS_VERSIONS["1.2"]:
         raise ConfigError(f"tls.legacy_cert: no legacy client gets through with min_tls = {min_tls!r}")
     if tls.routing != "terminate-all" and tls.backend == backend:
@@ -426,22 +281,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cert=cert_pair,
         certificates=certificates,
         limits=_limits(data.get("limits")),
-        log_level=_choice(pick(args.log_level, "log_level", "info"), "log_level", LOG_LEVELS),
-        loop=_choice(pick(args.loop, "loop", "auto"), "loop", LOOPS),
+        log_level=choice(pick(args.log_level, "log_level", "info"), "log_level", LOG_LEVELS),
+        loop=choice(pick(args.loop, "loop", "auto"), "loop", LOOPS),
         workers=_workers(pick(args.workers, "workers", 1)),
-        metrics_listen=_optional_address(pick(args.metrics_listen, "metrics_listen", ""), "metrics_listen"),
-        send_proxy_protocol=_choice(
+        metrics_listen=optional_address(pick(args.metrics_listen, "metrics_listen", ""), "metrics_listen"),
+        send_proxy_protocol=choice(
             pick(args.send_proxy_protocol, "send_proxy_protocol", "off"),
             "send_proxy_protocol",
             PROXY_PROTOCOLS,
         ),
         tls=tls,
         config_file=config_file,
-        fingerprints=_optional_path(pick(args.fingerprints, "fingerprints", ""), "fingerprints"),
+        fingerprints=optional_path(pick(args.fingerprints, "fingerprints", ""), "fingerprints"),
     )
-
-
-def _optional_path(value: object, key: str) -> Path | None:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: must be a file path")
-    return Path(value) if value else None

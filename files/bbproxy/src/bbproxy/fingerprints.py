@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from .clienthello import GREASE, ClientHello
+from .hello_message import GREASE, ClientHello
 
 _JA4_VERSIONS: Final = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
 _EMPTY_HASH: Final = "000000000000"

@@ -9,7 +9,9 @@ declaration, the opening ``<stream:stream>`` tag, ``<starttls/>`` and the closin
 ``</stream:stream>``. Everything else ends the stream with the RFC 6120 §4.9.3 condition
 that fits. No XML library is used, so no entity is ever expanded and no DTD is ever read
 ("billion laughs" cannot happen): DTDs, comments and processing instructions are refused
-as ``restricted-xml`` (RFC 6120 §11.1).
+as ``restricted-xml`` (RFC 6120 §11.1). The syntax of a single tag (attributes, namespaces,
+entities) is :mod:`bbproxy.xmltag`; this module finds the tags in the bytes and keeps the
+stream's state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
+
+from .xmltag import BAD_CHARS_RE, NAME, Malformed, Tag, check_xml_declaration, parse_start_tag
 
 STREAMS_NS: Final = "http://etherx.jabber.org/streams"
 CLIENT_NS: Final = "jabber:client"
@@ -82,37 +86,8 @@ _QUOTED_SCAN_RE: Final = {0x22: re.compile(rb'["<]'), 0x27: re.compile(rb"['<]")
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _UTF16_BOMS: Final = (b"\xfe\xff", b"\xff\xfe")
 
-_NAME = r"[^\s/<>=\"'&]+"
-_ATTR_RE: Final = re.compile(r"\s+(" + _NAME + r")\s*=\s*(\"[^\"<]*\"|'[^'<]*')")
-_START_TAG_RE: Final = re.compile(
-    r"<(" + _NAME + r")((?:\s+" + _NAME + r"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*(/?)>\Z"
-)
-_END_TAG_RE: Final = re.compile(r"</(" + _NAME + r")\s*>\Z")
-_XML_DECL_RE: Final = re.compile(r"<\?xml((?:\s+[A-Za-z]+\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*\?>\Z")
-_QNAME_RE: Final = re.compile(r"(?:([A-Za-z_][\w.\-]*):)?([A-Za-z_][\w.\-]*)\Z")
-# Characters XML 1.0 forbids (§2.2); surrogates cannot survive strict UTF-8 decoding.
-_BAD_CHARS_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_REFERENCE_RE: Final = re.compile(r"&(?:(lt|gt|amp|quot|apos)|#([0-9]{1,7})|#x([0-9A-Fa-f]{1,6}));")
-_PREDEFINED: Final = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+_END_TAG_RE: Final = re.compile(r"</(" + NAME + r")\s*>\Z")
 _VERSION_RE: Final = re.compile(r"([0-9]+)\.([0-9]+)\Z")
-
-
-class _Malformed(Exception):
-    """Internal: carries a stream error out of the token handlers."""
-
-    def __init__(self, condition: str, text: str) -> None:
-        super().__init__(condition, text)
-        self.error = StreamError(condition, text)
-
-
-@dataclass(frozen=True, slots=True)
-class _Tag:
-    qname: str
-    prefix: str | None
-    local: str
-    attrs: dict[str, str]
-    namespaces: dict[str | None, str]
-    empty: bool
 
 
 class PreTlsParser:
@@ -173,8 +148,8 @@ class PreTlsParser:
             return self._error
         try:
             return self._next_event()
-        except _Malformed as exc:
-            return self._fail(exc.error.condition, exc.error.text)
+        except Malformed as exc:
+            return self._fail(exc.condition, exc.text)
 
     # -- internals -----------------------------------------------------------------
 
@@ -197,7 +172,7 @@ class PreTlsParser:
                 if buf.startswith(_UTF8_BOM):
                     del buf[:3]
                 if bytes(buf[:2]) in _UTF16_BOMS:
-                    raise _Malformed("unsupported-encoding", "only UTF-8 is allowed")
+                    raise Malformed("unsupported-encoding", "only UTF-8 is allowed")
             skip = 0
             while skip < len(buf) and buf[skip] in _WHITESPACE:
                 skip += 1
@@ -211,10 +186,10 @@ class PreTlsParser:
                 return NEED_DATA
             if buf[0] != _LT:
                 if self._state is _State.PROLOG:
-                    raise _Malformed("not-well-formed", "expected an XML stream header")
-                raise _Malformed("bad-format", "text is not allowed here")
+                    raise Malformed("not-well-formed", "expected an XML stream header")
+                raise Malformed("bad-format", "text is not allowed here")
             if len(buf) >= 2 and buf[1] == 0x21:  # "<!": comment, CDATA or DTD
-                raise _Malformed("restricted-xml", "comments, CDATA and DTDs are not allowed")
+                raise Malformed("restricted-xml", "comments, CDATA and DTDs are not allowed")
             end = self._find_tag_end()
             if end is None:
                 return NEED_DATA
@@ -246,12 +221,12 @@ class PreTlsParser:
             byte = buf[i]
             if quote is not None:
                 if byte == _LT:
-                    raise _Malformed("not-well-formed", "'<' in an attribute value")
+                    raise Malformed("not-well-formed", "'<' in an attribute value")
                 quote = None
             elif byte == _GT:
                 return i
             elif byte == _LT:
-                raise _Malformed("not-well-formed", "unexpected '<' inside a tag")
+                raise Malformed("not-well-formed", "unexpected '<' inside a tag")
             else:
                 quote = byte
             i += 1
@@ -260,83 +235,36 @@ class PreTlsParser:
         try:
             text = token.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Malformed("unsupported-encoding", "input is not valid UTF-8") from None
-        if _BAD_CHARS_RE.search(text):
-            raise _Malformed("not-well-formed", "character not allowed in XML")
+            raise Malformed("unsupported-encoding", "input is not valid UTF-8") from None
+        if BAD_CHARS_RE.search(text):
+            raise Malformed("not-well-formed", "character not allowed in XML")
         first = not self._seen_token
         self._seen_token = True
         if text.startswith("<?"):
             if first and self._state is _State.PROLOG:
-                self._check_xml_declaration(text)
+                check_xml_declaration(text)
                 return None
-            raise _Malformed("restricted-xml", "processing instructions are not allowed")
+            raise Malformed("restricted-xml", "processing instructions are not allowed")
         if text.startswith("</"):
             return self._handle_end_tag(text)
-        tag = self._parse_start_tag(text)
+        tag = parse_start_tag(text, self._stream_namespaces)
         if self._state is _State.PROLOG:
             return self._handle_header(tag)
         if self._state is _State.STARTTLS_OPEN:
-            raise _Malformed("bad-format", "<starttls/> takes no children")
+            raise Malformed("bad-format", "<starttls/> takes no children")
         return self._handle_stream_child(tag)
 
-    def _check_xml_declaration(self, text: str) -> None:
-        match = _XML_DECL_RE.match(text)
-        if match is None:
-            raise _Malformed("not-well-formed", "malformed XML declaration")
-        attrs = self._parse_attributes(match.group(1))
-        if "version" not in attrs or not attrs["version"].startswith("1."):
-            raise _Malformed("not-well-formed", "XML declaration needs version 1.x")
-        encoding = attrs.get("encoding")
-        if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
-            raise _Malformed("unsupported-encoding", "only UTF-8 is allowed")
-
-    def _parse_attributes(self, raw: str) -> dict[str, str]:
-        attrs: dict[str, str] = {}
-        for match in _ATTR_RE.finditer(raw):
-            name, quoted = match.group(1), match.group(2)
-            if name in attrs:
-                raise _Malformed("not-well-formed", "duplicate attribute")
-            attrs[name] = _unescape(quoted[1:-1])
-        return attrs
-
-    def _parse_start_tag(self, text: str) -> _Tag:
-        match = _START_TAG_RE.match(text)
-        if match is None:
-            raise _Malformed("not-well-formed", "malformed tag")
-        qname, raw_attrs, slash = match.group(1), match.group(2), match.group(3)
-        attrs = self._parse_attributes(raw_attrs)
-        namespaces = dict(self._stream_namespaces)
-        for name, value in attrs.items():
-            if name == "xmlns":
-                namespaces[None] = value
-            elif name.startswith("xmlns:"):
-                prefix = name[6:]
-                if not value or prefix in ("xml", "xmlns"):
-                    raise _Malformed("not-well-formed", "invalid namespace declaration")
-                namespaces[prefix] = value
-        name_match = _QNAME_RE.match(qname)
-        if name_match is None:
-            raise _Malformed("not-well-formed", "invalid element name")
-        prefix, local = name_match.group(1), name_match.group(2)
-        if prefix is not None and prefix not in namespaces:
-            raise _Malformed("not-well-formed", "undeclared namespace prefix")
-        for name in attrs:
-            attr_prefix, _, _ = name.rpartition(":")
-            if attr_prefix and attr_prefix != "xmlns" and attr_prefix not in namespaces:
-                raise _Malformed("not-well-formed", "undeclared namespace prefix")
-        return _Tag(qname, prefix, local, attrs, namespaces, empty=bool(slash))
-
-    def _handle_header(self, tag: _Tag) -> StreamHeader:
+    def _handle_header(self, tag: Tag) -> StreamHeader:
         if tag.local != "stream" or tag.namespaces.get(tag.prefix) != STREAMS_NS:
-            raise _Malformed("invalid-namespace", "expected <stream:stream> in the streams namespace")
+            raise Malformed("invalid-namespace", "expected <stream:stream> in the streams namespace")
         if tag.empty:
-            raise _Malformed("bad-format", "the stream header must not be an empty element")
+            raise Malformed("bad-format", "the stream header must not be an empty element")
         if tag.namespaces.get(None) != CLIENT_NS:
-            raise _Malformed("invalid-namespace", "the stream's content namespace must be jabber:client")
+            raise Malformed("invalid-namespace", "the stream's content namespace must be jabber:client")
         version = tag.attrs.get("version")
         version_match = _VERSION_RE.match(version) if version is not None else None
         if version_match is None or int(version_match.group(1)) != 1:
-            raise _Malformed("unsupported-version", "XMPP version 1.0 is required")
+            raise Malformed("unsupported-version", "XMPP version 1.0 is required")
         self._state = _State.STREAM
         self._header_qname = tag.qname
         self._stream_namespaces = {k: v for k, v in tag.namespaces.items()}
@@ -347,7 +275,7 @@ class PreTlsParser:
             lang=tag.attrs.get("xml:lang"),
         )
 
-    def _handle_stream_child(self, tag: _Tag) -> StartTls | None:
+    def _handle_stream_child(self, tag: Tag) -> StartTls | None:
         if tag.local == "starttls" and tag.namespaces.get(tag.prefix) == TLS_NS:
             if tag.empty:
                 self._state = _State.DONE
@@ -355,12 +283,12 @@ class PreTlsParser:
             self._state = _State.STARTTLS_OPEN
             self._starttls_qname = tag.qname
             return None
-        raise _Malformed("policy-violation", "TLS is required: send <starttls/> first")
+        raise Malformed("policy-violation", "TLS is required: send <starttls/> first")
 
     def _handle_end_tag(self, text: str) -> StartTls | StreamEnd:
         match = _END_TAG_RE.match(text)
         if match is None:
-            raise _Malformed("not-well-formed", "malformed end tag")
+            raise Malformed("not-well-formed", "malformed end tag")
         qname = match.group(1)
         if self._state is _State.STARTTLS_OPEN and qname == self._starttls_qname:
             self._state = _State.DONE
@@ -368,30 +296,4 @@ class PreTlsParser:
         if self._state is _State.STREAM and qname == self._header_qname:
             self._state = _State.DONE
             return StreamEnd()
-        raise _Malformed("not-well-formed", "mismatched end tag")
-
-
-def _unescape(value: str) -> str:
-    """Resolve the five predefined entities and character references; refuse all others."""
-    if "&" not in value:
-        return value
-    out: list[str] = []
-    pos = 0
-    for match in _REFERENCE_RE.finditer(value):
-        if "&" in value[pos : match.start()]:
-            break
-        out.append(value[pos : match.start()])
-        named, decimal, hexadecimal = match.groups()
-        if named is not None:
-            out.append(_PREDEFINED[named])
-        else:
-            code = int(decimal) if decimal is not None else int(hexadecimal, 16)
-            char = chr(code) if code <= 0x10FFFF else "\x00"
-            if _BAD_CHARS_RE.match(char) or 0xD800 <= code <= 0xDFFF:
-                raise _Malformed("not-well-formed", "character reference to a forbidden character")
-            out.append(char)
-        pos = match.end()
-    if "&" in value[pos:]:
-        raise _Malformed("not-well-formed", "undefined entity reference")
-    out.append(value[pos:])
-    return "".join(out)
+        raise Malformed("not-well-formed", "mismatched end tag")

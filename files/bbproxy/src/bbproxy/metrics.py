@@ -1,7 +1,7 @@
-"""Prometheus metrics: what the proxy counts, and a small asyncio ``/metrics`` endpoint.
+"""What the proxy counts for Prometheus: one :class:`Recorder` interface, two implementations.
 
 Off by default. With ``metrics_listen`` set the proxy creates a :class:`Metrics`, otherwise
-a :class:`NullMetrics` whose methods do nothing; both have the same methods, so the session
+a :class:`NullMetrics` whose methods do nothing; both are a :class:`Recorder`, so the session
 code calls them unconditionally. ``prometheus-client`` is an optional extra
 (``pip install 'bbproxy[metrics]'``); it is imported only when a :class:`Metrics` is created,
 which raises :class:`MetricsUnavailable` if it is missing. This module imports without it.
@@ -12,170 +12,42 @@ Bytes relayed and open connections are read from the proxy only when Prometheus 
 (:meth:`Metrics.set_live_source`). Everything, scrapes included, runs on the event loop
 thread, so each scrape sees one consistent state and no thread is started.
 
-Metrics (a custom collector on a registry of its own, not the client's global one):
-
-======================================================  =========  ======================================
-name                                                    type       meaning
-======================================================  =========  ======================================
-``bbproxy_connections_accepted_total{listener}``        counter    TCP connections accepted (refused too)
-``bbproxy_connections_refused_total{listener,reason}``  counter    turned away at accept, by reason
-``bbproxy_connections_active``                          gauge      client connections open now
-``bbproxy_handshakes_total{listener,version,cipher}``   counter    TLS handshakes completed
-``bbproxy_handshake_failures_total{listener,reason}``   counter    TLS handshakes failed, by cause
-``bbproxy_handshake_duration_seconds``                  histogram  handshake time, 1 ms .. 30 s buckets
-``bbproxy_tls_routes_total{listener,route}``            counter    ClientHellos: ``terminate`` (our TLS),
-                                                                   ``passthrough`` (Prosody's), ``refused``
-``bbproxy_legacy_clients_total{family}``                counter    legacy handshakes by ``TLSv1/<name>``;
-                                                                   refused as ``refused``, failed ``failed``
-``bbproxy_relayed_bytes_total{direction}``              counter    bytes, ``client_to_backend`` and
-                                                                   ``backend_to_client`` (plaintext; TLS
-                                                                   records for passed-through sessions)
-``bbproxy_backend_connect_failures_total``              counter    failed connections to Prosody
-``bbproxy_connections_closed_total{reason}``            counter    closed connections, by reason
-``bbproxy_build_info{version}``                         gauge      always 1; the running version
-``process_*``                                           various    CPU, memory, open fds of the process
-======================================================  =========  ======================================
-
-Every label has a bounded set of values, so a flood of odd clients cannot grow the number
-of series: raw reasons are mapped to the fixed vocabularies below and anything else
-becomes ``other``; ``version`` is ``TLSv1``, ``TLSv1.1``, ``TLSv1.2``, ``TLSv1.3`` or
-``other``; ``listener`` and ``cipher`` keep the first 32/64 distinct values (ciphers come
-from the server's own list, so that is never reached in practice); ``family`` is
-``refused`` for every refused legacy ClientHello (a refusal costs the sender no handshake, so
-varying the cipher order would otherwise make a new series per hello), and for completed
-legacy handshakes the first 64 fingerprints, then ``other`` (a device kind is one family;
-each new one costs a full handshake from an address in ``tls.legacy_networks``);
-``route`` is one of :data:`ROUTES`. Handshakes, their duration and failures count only the
-TLS this proxy does: a passed-through session's handshake is Prosody's.
-
-* refused ``reason``: :data:`REFUSE_REASONS` (the proxy's admission reasons).
-* handshake failure ``reason``: ``timeout``, ``eof`` (the client left), ``legacy-not-allowed``
-  (a legacy ClientHello from outside ``tls.legacy_networks``), ``bad-sni`` (an SNI host name
-  that is not ASCII), ``fragmented-hello`` (a ClientHello split over more than 512 records),
-  ``protocol-version``
-  (no TLS version in common: SSLv3-only clients, or a client below ``min_tls``),
-  ``no-shared-cipher``, ``certificate-rejected`` (the client did not accept our
-  certificate), ``not-tls`` (plain text or HTTP on a TLS port), ``client-alert`` (another
-  alert from the client), ``other``. The input is an OpenSSL reason such as
-  ``WRONG_VERSION_NUMBER``, optionally behind ``tls-failed:``.
-* close ``reason``: :class:`bbproxy.closing.Close`, one label per way a session ends (the
-  session passes the enum, so every reason it can produce has its own label).
-
-Questions and their PromQL:
-
-* How many users still need TLS 1.0? Handshakes per day by version, and TLS 1.0's share::
-
-      sum by (version) (increase(bbproxy_handshakes_total[1d]))
-      sum(rate(bbproxy_handshakes_total{version="TLSv1"}[1d])) / sum(rate(bbproxy_handshakes_total[1d]))
-
-  These count connections, not people (a phone that reconnects ten times counts ten); the
-  one log line per connection has the peer address and TLS version when distinct clients
-  matter. Labels never carry addresses or JIDs: they would make series without bound.
-* Why do handshakes fail? ``sum by (reason) (increase(bbproxy_handshake_failures_total[1h]))``
-* Handshake latency, 95th percentile::
-
-      histogram_quantile(0.95, sum by (le) (rate(bbproxy_handshake_duration_seconds_bucket[5m])))
-
-* Throughput: ``sum by (direction) (rate(bbproxy_relayed_bytes_total[5m]))``
-* Is Prosody reachable? ``increase(bbproxy_backend_connect_failures_total[5m]) > 0``
+The metrics, their labels and PromQL for common questions: docs/metrics.md. The label
+vocabularies are :mod:`bbproxy.metric_labels`; the HTTP endpoint is :mod:`bbproxy.metrics_http`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
-import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from . import __version__
 from .closing import Close
+from .metric_labels import (
+    DURATION_BUCKETS,
+    DURATION_LABELS,
+    MAX_CIPHERS,
+    MAX_LISTENERS,
+    handshake_failure_reason,
+    refuse_reason,
+    tls_route,
+    tls_version,
+)
+
+# Re-exported (`X as X`): server.py imports these from here.
+from .metric_labels import LEGACY_FAILED as LEGACY_FAILED
+from .metric_labels import LEGACY_REFUSED as LEGACY_REFUSED
+from .metric_labels import MAX_FAMILIES as MAX_FAMILIES
+from .metric_labels import FirstValues as FirstValues
+from .metrics_http import serve as serve
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-log = logging.getLogger("bbproxy.metrics")
-
 UNAVAILABLE_MESSAGE: Final = "metrics need prometheus-client: pip install 'bbproxy[metrics]'"
-
-OTHER: Final = "other"
-
-# Buckets for handshake durations: a LAN handshake takes ~1 ms, a BlackBerry on a slow
-# mobile link seconds; handshake_timeout (default 30 s) ends the rest.
-DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-_BUCKET_LABELS: Final = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")  # the "le" values
-
-TLS_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"})
-
-REFUSE_REASONS: Final = frozenset({"max-connections", "shutting-down", "per-ip-connections", "per-ip-rate"})
-
-# bbproxy_connections_closed_total's labels: closing.Close, one value each (commented there).
-CLOSE_REASONS: Final = frozenset(close.value for close in Close)
-
-_HANDSHAKE_FAILURES: Final = {
-    "TIMEOUT": "timeout",
-    "EOF": "eof",
-    "UNEXPECTED_EOF_WHILE_READING": "eof",
-    "CLIENT_EOF": "eof",
-    "CLIENT_CLOSED": "eof",
-    "CONNECTION_RESET_BY_PEER": "eof",
-    "BROKEN_PIPE": "eof",
-    "UNSUPPORTED_PROTOCOL": "protocol-version",
-    "VERSION_TOO_LOW": "protocol-version",
-    "VERSION_TOO_HIGH": "protocol-version",
-    "WRONG_SSL_VERSION": "protocol-version",
-    "NO_PROTOCOLS_AVAILABLE": "protocol-version",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol-version",
-    "INAPPROPRIATE_FALLBACK": "protocol-version",
-    "TLSV1_ALERT_INAPPROPRIATE_FALLBACK": "protocol-version",
-    "NO_SHARED_CIPHER": "no-shared-cipher",
-    "NO_CIPHERS_AVAILABLE": "no-shared-cipher",
-    "NO_SHARED_SIGNATURE_ALGORITHMS": "no-shared-cipher",
-    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no-shared-cipher",
-    "NO_SUITABLE_KEY_SHARE": "no-shared-cipher",
-    "NO_SHARED_GROUPS": "no-shared-cipher",
-    "SSLV3_ALERT_HANDSHAKE_FAILURE": "no-shared-cipher",
-    "TLSV1_ALERT_INSUFFICIENT_SECURITY": "no-shared-cipher",
-    "TLSV1_ALERT_UNKNOWN_CA": "certificate-rejected",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "certificate-rejected",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate-rejected",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate-rejected",
-    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate-rejected",
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "certificate-rejected",
-    "WRONG_VERSION_NUMBER": "not-tls",
-    "HTTP_REQUEST": "not-tls",
-    "HTTPS_PROXY_REQUEST": "not-tls",
-    "UNKNOWN_PROTOCOL": "not-tls",
-    "PACKET_LENGTH_TOO_LONG": "not-tls",
-    "RECORD_LENGTH_MISMATCH": "not-tls",
-    "LEGACY_NOT_ALLOWED": "legacy-not-allowed",
-    "SNI_NOT_ASCII": "bad-sni",
-    "FRAGMENTED_HELLO": "fragmented-hello",
-}
-_ALERT_PREFIXES: Final = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
-
-HANDSHAKE_FAILURE_REASONS: Final = frozenset(_HANDSHAKE_FAILURES.values()) | {"client-alert"}
-
-_LABEL_VALUE_RE: Final = re.compile(r"[\w.:/\[\]@+-]{1,64}\Z", re.ASCII)
-MAX_LISTENERS: Final = 32
-MAX_CIPHERS: Final = 64
-MAX_FAMILIES: Final = 64  # distinct legacy ClientHello fingerprints with their own series
-# The families of every refused and every failed legacy ClientHello: neither gets a series of its own.
-LEGACY_REFUSED: Final = "refused"
-LEGACY_FAILED: Final = "failed"
-ROUTES: Final = frozenset({"terminate", "passthrough", "refused"})
-
-# The scrape endpoint's bounds: a request head fits in 8 KiB and arrives in 10 s.
-MAX_REQUEST_BYTES: Final = 8192
-REQUEST_TIMEOUT: Final = 10.0
-MAX_SCRAPERS: Final = 8  # concurrent scrape connections; more are closed at once
-_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest() writes
 
 
 class MetricsUnavailable(RuntimeError):
@@ -198,59 +70,12 @@ def _no_live_sessions() -> LiveTotals:
     return LiveTotals()
 
 
-# -- label normalisation (pure functions, so tests and the README can rely on them) --------
-
-
-def refuse_reason(raw: str) -> str:
-    """``max-connections``, ``refused-per-ip-rate``, ... -> a :data:`REFUSE_REASONS` value or ``other``."""
-    key = raw.partition(":")[0].strip().lower().removeprefix("refused-")
-    return key if key in REFUSE_REASONS else OTHER
-
-
-def handshake_failure_reason(raw: str) -> str:
-    """An OpenSSL reason (``WRONG_VERSION_NUMBER``, ``tls-failed: timeout``) -> its category."""
-    detail = raw.partition(":")[2] if ":" in raw else raw
-    key = detail.strip().upper().replace(" ", "_").replace("-", "_")
-    category = _HANDSHAKE_FAILURES.get(key)
-    if category is not None:
-        return category
-    if key.startswith(_ALERT_PREFIXES):
-        return "client-alert"
-    return OTHER
-
-
-def tls_version(raw: str) -> str:
-    """``ssl.SSLObject.version()`` -> itself if it is a TLS version, else ``other``."""
-    return raw if raw in TLS_VERSIONS else OTHER
-
-
-class FirstValues:
-    """Keep the first ``limit`` distinct well-formed values; later new ones are ``other``.
-
-    ``reserved`` values (and ``other``) pass through without taking a place.
-    """
-
-    __slots__ = ("_limit", "_reserved", "_seen")
-
-    def __init__(self, limit: int, reserved: Iterable[str] = ()) -> None:
-        self._limit = limit
-        self._reserved = frozenset((OTHER, *reserved))
-        self._seen: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen or value in self._reserved:
-            return value
-        if len(self._seen) >= self._limit or not _LABEL_VALUE_RE.match(value):
-            return OTHER
-        self._seen.add(value)
-        return value
-
-
 # -- the interface the proxy calls -------------------------------------------------------
 
 
-class NullMetrics:
-    """What the proxy uses when metrics are off: every call does nothing."""
+class Recorder(Protocol):
+    """What the proxy calls on every connection event; :class:`NullMetrics` and :class:`Metrics`
+    subclass it, so mypy checks that each has every method with this signature."""
 
     __slots__ = ()
 
@@ -283,7 +108,40 @@ class NullMetrics:
         """Use ``source()`` at scrape time for the sessions still open."""
 
 
-class Metrics:
+class NullMetrics(Recorder):
+    """What the proxy uses when metrics are off: every call does nothing."""
+
+    __slots__ = ()
+
+    def accepted(self, listener: str) -> None:
+        pass
+
+    def refused(self, listener: str, reason: str) -> None:
+        pass
+
+    def handshake(self, listener: str, version: str, cipher: str, seconds: float) -> None:
+        pass
+
+    def routed(self, listener: str, route: str) -> None:
+        pass
+
+    def legacy_client(self, family: str) -> None:
+        pass
+
+    def handshake_failed(self, listener: str, reason: str) -> None:
+        pass
+
+    def backend_failed(self) -> None:
+        pass
+
+    def closed(self, reason: Close, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        pass
+
+    def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
+        pass
+
+
+class Metrics(Recorder):
     """The real thing: counts in plain ints, exposed through a registry of its own.
 
     Call every method from the event loop thread (the proxy has no other).
@@ -353,7 +211,7 @@ class Metrics:
         self._duration_sum += seconds
 
     def routed(self, listener: str, route: str) -> None:
-        key = (self._listeners(listener), route if route in ROUTES else OTHER)
+        key = (self._listeners(listener), tls_route(route))
         self._routes[key] = self._routes.get(key, 0) + 1
 
     def legacy_client(self, family: str) -> None:
@@ -439,7 +297,7 @@ class Metrics:
         )
         if live is not None:
             cumulative, buckets = 0, []
-            for bound, count in zip(_BUCKET_LABELS, self._duration_buckets, strict=True):
+            for bound, count in zip(DURATION_LABELS, self._duration_buckets, strict=True):
                 cumulative += count
                 buckets.append((bound, float(cumulative)))
             duration.add_metric((), buckets, self._duration_sum)
@@ -487,106 +345,3 @@ class _Collector:
 
     def describe(self) -> Iterator[Metric]:
         return self._metrics._families(None)
-
-
-def render(metrics: Metrics) -> bytes:
-    """The text exposition of ``metrics`` (what ``GET /metrics`` answers)."""
-    from prometheus_client import generate_latest
-
-    return generate_latest(metrics.registry)
-
-
-# -- the HTTP endpoint ---------------------------------------------------------------------
-
-
-async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """Listen for scrapes on ``host:port`` (port 0 picks one); close the server to stop.
-
-    A deliberately small HTTP/1.x server: ``GET``/``HEAD /metrics``, 404 elsewhere, one
-    request per connection, the request head bounded to :data:`MAX_REQUEST_BYTES` and
-    :data:`REQUEST_TIMEOUT`, at most :data:`MAX_SCRAPERS` connections at once. It runs on
-    the proxy's own loop (asyncio or uvloop), so no thread is needed.
-    """
-    state = _ScrapeState()
-    return await asyncio.start_server(
-        partial(_answer, metrics, state), host, port, limit=MAX_REQUEST_BYTES, reuse_address=True
-    )
-
-
-class _ScrapeState:
-    __slots__ = ("active",)
-
-    def __init__(self) -> None:
-        self.active = 0
-
-
-async def _answer(
-    metrics: Metrics, state: _ScrapeState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    if state.active >= MAX_SCRAPERS:
-        writer.close()
-        return
-    state.active += 1
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                response = _response(431, b"request header too large\n")
-            else:
-                response = _route(metrics, head)
-            writer.write(response)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-        pass  # the scraper went away or was too slow: nothing to answer
-    finally:
-        state.active -= 1
-        writer.close()
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                await writer.wait_closed()
-
-
-def _route(metrics: Metrics, head: bytes) -> bytes:
-    request_line = head.split(b"\r\n", 1)[0]
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return _response(400, b"bad request\n")
-    method, target = parts[0], parts[1]
-    if target.split(b"?", 1)[0] != b"/metrics":
-        return _response(404, b"not found; metrics are at /metrics\n")
-    if method not in (b"GET", b"HEAD"):
-        return _response(405, b"method not allowed\n", extra=b"Allow: GET, HEAD\r\n")
-    try:
-        body = render(metrics)
-    except Exception as exc:  # a failing live source must not take the endpoint down
-        log.error("metrics scrape failed: %s: %s", exc.__class__.__name__, exc)
-        return _response(500, b"metrics collection failed\n")
-    return _response(200, body, content_type=_CONTENT_TYPE, head_only=method == b"HEAD")
-
-
-_REASONS: Final = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-}
-
-
-def _response(
-    status: int,
-    body: bytes,
-    *,
-    content_type: str = "text/plain; charset=utf-8",
-    extra: bytes = b"",
-    head_only: bool = False,
-) -> bytes:
-    header = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-        f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n"
-    ).encode("ascii")
-    return header + extra + b"\r\n" + (b"" if head_only else body)

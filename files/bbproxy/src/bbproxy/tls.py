@@ -1,5 +1,7 @@
 """The one place that builds SSLContexts: version policy, suites, certificates, SNI.
 
+Certificate files are loaded and inspected by :mod:`bbproxy.certificates`.
+
 Every certificate set (the default chain, each domain's, the legacy chain) gets two
 contexts, one per :class:`Policy` class (issue 15):
 
@@ -22,16 +24,19 @@ tickets from the same cache); see docs/security.md, "Tickets and forward secrecy
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import ssl
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
-from .clienthello import TLS_1_2, ClientHello
+from .certificates import CertChoice, cert_pairs, load_pair, suite_ids
+
+# Re-exported (`X as X`): callers have always imported these from here.
+from .certificates import CertificateError as CertificateError
+from .certificates import CertPair as CertPair
+from .hello_message import TLS_1_2, ClientHello
 
 # TLS 1.2: forward secret AEAD suites only, ECDSA first (cheaper handshakes).
 MODERN_SUITES: Final = (
@@ -57,15 +62,6 @@ TLS_VERSIONS: Final[Mapping[str, ssl.TLSVersion]] = {
 }
 
 
-# OpenSSL's reasons for a key that belongs to no certificate of the chain: same type but
-# another key, or another type altogether (an RSA key for an ECDSA certificate).
-_MISMATCH_REASONS: Final = frozenset({"KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED", "KEY_TYPE_MISMATCH"})
-
-
-class CertificateError(Exception):
-    """A certificate or key could not be loaded; the message is one line for operators."""
-
-
 class Policy(enum.Enum):
     """The two TLS policies; each certificate set has a context for each (when both exist)."""
 
@@ -74,21 +70,6 @@ class Policy(enum.Enum):
     # A hello the router could not read (ClientHelloError): both of the above in one context,
     # as before issue 15, so a device is never lost to a parser limit (see docs/security.md).
     UNREAD = "unread"
-
-
-@dataclass(frozen=True, slots=True)
-class CertPair:
-    cert: Path
-    key: Path
-
-
-# One certificate, or one per key type (RSA + ECDSA): OpenSSL then shows each client the one
-# its offer can use (ECDSA suites -> ECDSA), so old RSA-only devices and new ones are both served.
-CertChoice = CertPair | tuple[CertPair, ...]
-
-
-def cert_pairs(choice: CertChoice) -> tuple[CertPair, ...]:
-    return choice if isinstance(choice, tuple) else (choice,)
 
 
 def has_legacy_policy(min_tls: str) -> bool:
@@ -151,65 +132,8 @@ def build_context(pairs: CertChoice, policy: Policy, min_tls: str, plain_rsa: bo
     ctx.options |= ssl.OP_NO_TICKET
     ctx.set_alpn_protocols([ALPN_XMPP_CLIENT])
     for pair in cert_pairs(pairs):
-        _load_pair(ctx, pair)
+        load_pair(ctx, pair)
     return ctx
-
-
-def suite_ids(ctx: ssl.SSLContext) -> frozenset[int]:
-    """The cipher suite numbers (as a ClientHello lists them) ``ctx`` can negotiate with its
-    certificates, TLS 1.3's too: an ECDSA-only set cannot do ECDHE-RSA suites, and IE 11
-    offers AEAD only with ECDSA, so the key types matter to :func:`policy_for`."""
-    usable = {"auth-any"}  # TLS 1.3 suites name no authentication
-    for auth in ("auth-rsa", "auth-ecdsa"):
-        names = [c["name"] for c in ctx.get_ciphers() if c["auth"] == auth and c["protocol"] != "TLSv1.3"]
-        if names and _answers_tls12(ctx, ":".join(names)):
-            usable.add(auth)
-    return frozenset(int(c["id"]) & 0xFFFF for c in ctx.get_ciphers() if c["auth"] in usable)
-
-
-def _answers_tls12(server_ctx: ssl.SSLContext, ciphers: str) -> bool:
-    """Whether ``server_ctx`` answers a TLS 1.2 ClientHello offering only ``ciphers`` (in memory)."""
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.check_hostname = False
-    client_ctx.verify_mode = ssl.CERT_NONE
-    client_ctx.minimum_version = client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    client_ctx.set_ciphers(ciphers)
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out)
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        client.do_handshake()
-    s_in.write(c_out.read())
-    try:
-        server.do_handshake()
-    except ssl.SSLWantReadError:
-        return True  # its ServerHello is out, waiting for the client's next flight
-    except ssl.SSLError:
-        return False
-    return True
-
-
-def _load_pair(ctx: ssl.SSLContext, pair: CertPair) -> None:
-    for path in (pair.cert, pair.key):
-        # load_cert_chain's own errors do not always say which file; check both first.
-        try:
-            with path.open("rb"):
-                pass
-        except FileNotFoundError:
-            raise CertificateError(f"cannot read {path}: file not found") from None
-        except PermissionError:
-            raise CertificateError(f"cannot read {path}: permission denied") from None
-        except OSError as exc:
-            raise CertificateError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
-    try:
-        ctx.load_cert_chain(pair.cert, pair.key)
-    except ssl.SSLError as exc:
-        reason = str(exc.reason or exc)
-        if reason.upper() in _MISMATCH_REASONS:
-            raise CertificateError(f"key {pair.key} does not match certificate {pair.cert}") from None
-        raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {reason}") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot load {pair.cert} / {pair.key}: {exc.strerror or exc}") from None
 
 
 def self_test(server_ctx: ssl.SSLContext, version: str, policy: Policy | None = None) -> str | None:
