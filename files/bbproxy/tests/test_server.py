@@ -22,7 +22,8 @@ from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair, Policy, build_context, has_legacy_policy, self_test
 
-from .helpers import DEADLINE, client_context, free_port, run
+from .helpers import DEADLINE, run
+from .kit import ANY_SECLEVEL, client_context, free_port
 from .test_relay import PROCEED
 
 
@@ -68,7 +69,7 @@ async def served_name(port: int, ca: trustme.CA, stream_to: str | None, sni: str
         await reader.readuntil(b"</stream:features>")
         writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await reader.readuntil(PROCEED)
-    ctx = client_context(ca, ssl.TLSVersion.TLSv1_2)
+    ctx = client_context(ssl.TLSVersion.TLSv1_2, ca, ciphers=ANY_SECLEVEL)
     ctx.check_hostname = False  # we want to see the certificate, whichever it is
     await writer.start_tls(ctx, server_hostname=sni)
     cert = writer.get_extra_info("peercert")
@@ -142,7 +143,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
 
 def cert_of(port: int, ca: trustme.CA) -> str:
     """The served leaf certificate (PEM) for a direct-TLS connection."""
-    ctx = client_context(ca, ssl.TLSVersion.TLSv1_3)
+    ctx = client_context(ssl.TLSVersion.TLSv1_3, ca, ciphers=ANY_SECLEVEL)
     ctx.check_hostname = False
     with (
         socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
@@ -298,7 +299,7 @@ def test_metrics_endpoint_counts_a_tls10_handshake(tmp_path: Path) -> None:
     lines: list[str] = []
     try:
         wait_for_log(proc, lines, "metrics on http://")
-        ctx = client_context(ca, ssl.TLSVersion.TLSv1)
+        ctx = client_context(ssl.TLSVersion.TLSv1, ca, ciphers=ANY_SECLEVEL)
         with (
             socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
             ctx.wrap_socket(raw, server_hostname="a.test") as tls,
@@ -352,7 +353,7 @@ def test_legacy_and_failed_handshakes_are_logged_with_a_fingerprint(
 
     async def handshake(port: int, version: ssl.TLSVersion) -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        ctx = client_context(ca, version)
+        ctx = client_context(version, ca, ciphers=ANY_SECLEVEL)
         ctx.check_hostname = False
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.start_tls(ctx, server_hostname="b.test")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import trustme
 
-from .helpers import DEADLINE, free_port
+from .helpers import DEADLINE
+from .kit import free_port
 
 
 def starttls_features(port: int) -> bytes:
