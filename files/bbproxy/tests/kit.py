@@ -196,7 +196,7 @@ def recv_until_closed(sock: socket.socket | ssl.SSLSocket, timeout: float) -> tu
             received = sock.recv(65536)
         except TimeoutError:
             return data, False
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):  # reset, broken pipe...
             return data, True
         if not received:
             return data, True

@@ -1,5 +1,5 @@
-"""The torture run's short form (bench/torture.py --short, issue #9) as a CI test, plus the
-regressions it found.
+"""The torture run's short form (tests/torture/core.py, ``bench/torture.py --short``, issue #9) as a
+CI test, plus the regressions it found.
 
 The run starts its own Prosody (it restarts it) and proxy through support.py's helpers, with
 conftest's certificates; it floods the proxy, feeds it hostile input in process and over the
@@ -14,21 +14,19 @@ import dataclasses
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from bbproxy.config import Limits
 from bbproxy.framing import NEED_DATA, PreTlsParser
 
+from ..torture import core as torture
 from .support import (
     DOMAIN,
     LOOPBACK,
-    REPO_ROOT,
     Certs,
     ProxyFactory,
     ProxyStarter,
@@ -47,22 +45,9 @@ from .support import (
 
 pytestmark = pytest.mark.integration
 
-BENCH = REPO_ROOT / "bench"
-
-
-@pytest.fixture(scope="module")
-def torture() -> ModuleType:
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    import torture
-
-    return torture
-
 
 @pytest.mark.timeout(150)
-def test_torture_short_loses_nothing_and_keeps_serving(
-    tmp_path: Path, certs: Certs, torture: ModuleType
-) -> None:
+def test_torture_short_loses_nothing_and_keeps_serving(tmp_path: Path, certs: Certs) -> None:
     report = torture.run(torture.SHORT, tmp_path, certs=certs)
     text = torture.markdown(report)
     assert report["lost"] == 0, text
