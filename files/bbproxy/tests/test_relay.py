@@ -26,13 +26,9 @@ from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
 from .helpers import DEADLINE, run, until
-from .kit import ANY_SECLEVEL, client_context
+from .kit import ANY_SECLEVEL, DOMAIN, client_context, stream_header
 
-DOMAIN = "example.test"
-HEADER = (
-    f"<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' "
-    "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-).encode()
+HEADER = stream_header()
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 LOOPS = ["asyncio", "uvloop"]
 

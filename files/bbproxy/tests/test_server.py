@@ -23,15 +23,8 @@ from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair, Policy, build_context, has_legacy_policy, self_test
 
 from .helpers import DEADLINE, run
-from .kit import ANY_SECLEVEL, client_context, free_port
+from .kit import ANY_SECLEVEL, client_context, free_port, stream_header
 from .test_relay import PROCEED
-
-
-def header(domain: str) -> bytes:
-    return (
-        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
-        "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ async def served_name(port: int, ca: trustme.CA, stream_to: str | None, sni: str
     """Which certificate (by its subject name) the proxy presents."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if stream_to is not None:
-        writer.write(header(stream_to))
+        writer.write(stream_header(stream_to))
         await reader.readuntil(b"</stream:features>")
         writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await reader.readuntil(PROCEED)
@@ -114,7 +107,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
         port = server.bound_ports()[0]
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:  # both are admitted and answered
-            writer.write(header("a.test"))
+            writer.write(stream_header("a.test"))
             await reader.readuntil(b"</stream:features>")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         refused = await asyncio.wait_for(reader.read(), DEADLINE)
@@ -129,7 +122,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
         while server.sessions and asyncio.get_running_loop().time() < end:
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(header("a.test"))
+        writer.write(stream_header("a.test"))
         assert b"<starttls" in await reader.readuntil(b"</stream:features>")
         writer.close()
         server.request_stop()
@@ -234,7 +227,7 @@ def test_per_ip_limits_answer_with_a_stream_error(
         port = server.bound_ports()[0]
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:
-            writer.write(header("a.test"))
+            writer.write(stream_header("a.test"))
             await reader.readuntil(b"</stream:features>")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         refused = await asyncio.wait_for(reader.read(), DEADLINE)
