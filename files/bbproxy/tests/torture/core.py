@@ -139,6 +139,7 @@ SHORT = Scale(
     backend_connect_timeout=1.5,
 )
 
+# Every field spelled out in both scales, not FULL = replace(SHORT, ...): each reads as the run it is.
 FULL = Scale(
     mode="full",
     flood_duration=45,
@@ -389,6 +390,21 @@ def flood_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {"error": f"no summary (exit {proc.returncode})"}
 
 
+def first_login_after(env: Env, since: float, *, window: float, poll: float) -> float | None:
+    """Seconds from ``since`` (monotonic) to the first login that works, trying every ``poll``
+    seconds; None when none has worked ``window`` seconds after ``since``."""
+    while time.monotonic() < since + window:
+        session = env.session("u0", timeout=5)
+        try:
+            session.login()
+            return time.monotonic() - since
+        except LoginFailed:
+            time.sleep(poll)
+        finally:
+            session.close()
+    return None
+
+
 def legit_pair(env: Env, index: int) -> dict[str, Any]:
     start = time.monotonic()
     result = run_login_check(
@@ -442,18 +458,7 @@ def scenario_floods(env: Env) -> dict[str, Any]:
         probe.close()
     over = [flood_result(p, s.overflow_duration + 30) for p in overflow]
     flood_end = time.monotonic()
-    recovered_after = None
-    deadline = flood_end + 15
-    while time.monotonic() < deadline:
-        session = env.session("u0", timeout=5)
-        try:
-            session.login()
-            recovered_after = time.monotonic() - flood_end
-            break
-        except LoginFailed:
-            time.sleep(0.05)
-        finally:
-            session.close()
+    recovered_after = first_login_after(env, flood_end, window=15, poll=0.05)
     refused_overflow = env.log_count("close=refused-") - refused_before
     after = legit_pair(env, 0)
 
@@ -681,17 +686,7 @@ def _restart_rounds(env: Env) -> list[dict[str, Any]]:
         finally:
             down.close()
         up_at = env.prosody.start()
-        recovered = None
-        while time.monotonic() < up_at + 10:
-            probe = env.session("u0", timeout=5)
-            try:
-                probe.login()
-                recovered = time.monotonic() - up_at
-                break
-            except LoginFailed:
-                time.sleep(0.01)
-            finally:
-                probe.close()
+        recovered = first_login_after(env, up_at, window=10, poll=0.01)
         pair = login_pair(env, "u0", "u1")
         after_ok = pair is not None and exchange_message(env, *pair)
         if pair:
