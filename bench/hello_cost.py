@@ -37,20 +37,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "files" / "bbproxy"
-sys.path.insert(0, str(PACKAGE))
+import _path
+from tests.helpers import as_records, handshake_message
+from tests.kit import (
+    DOMAIN,
+    LOOPBACK,
+    STARTTLS,
+    client_context,
+    free_port,
+    make_certs,
+    padded_alpn,
+    recv_until,
+    stream_header,
+)
 
-from tests.helpers import as_records, handshake_message  # noqa: E402
-
-import loadgen  # noqa: E402  (bench/, the script's own directory)
-
-DOMAIN = "example.test"
-HEADER = (
-    f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    f"xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>"
-).encode()
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+REPO = _path.PACKAGE_DIR.parents[1]
+PACKAGE = _path.PACKAGE_DIR
+HEADER = stream_header(DOMAIN)
+# The one suite of the load generator's TLS 1.0 client (loadgen.BB10_SUITES) the EC certificate serves.
+SUITE = "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0"
 TARGET_MS = 5.0
 TICK = os.sysconf("SC_CLK_TCK")
 DEADLINE = 600.0  # the whole run
@@ -78,31 +83,15 @@ VARIANTS = (
 ISSUE_CASE = "2.7 KiB, 1-byte records, 1 record a write"
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={DOMAIN}",
-         "-addext", f"subjectAltName=DNS:{DOMAIN}"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
-def client_context(padding: int) -> ssl.SSLContext:
-    """The load generator's TLS 1.0 client (loadgen.py), offering the one suite the EC certificate
-    serves, padded with ``padding`` ALPN names of 250 bytes after the one that is served."""
-    ctx = loadgen.client_context("1.0")
-    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")
-    if padding:
-        ctx.set_alpn_protocols(["xmpp-client", *(f"{i:03d}" + "p" * 247 for i in range(padding))])
-    return ctx
+def tls10_client(padding: int) -> ssl.SSLContext:
+    """A TLS 1.0 client offering SUITE, padded with ``padding`` ALPN names nobody serves."""
+    return client_context("1.0", None, ciphers=SUITE, alpn=padded_alpn(padding) if padding else ())
 
 
 @contextlib.contextmanager
 def backend() -> Iterator[int]:
     """A loopback listener that accepts and holds (the proxy connects after TLS)."""
-    server = socket.create_server(("127.0.0.1", 0))
+    server = socket.create_server((LOOPBACK, 0))
     conns: list[socket.socket] = []
     stop = threading.Event()
 
@@ -126,8 +115,9 @@ def backend() -> Iterator[int]:
 
 @contextlib.contextmanager
 def proxy(source: Path, cert: Path, key: Path, backend_port: int, log: Path) -> Iterator[tuple[int, int]]:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
+    """``python -m bbproxy`` from ``source`` (this tree, or an older revision's export: hence not
+    the integration tests' ProxyStarter, which runs this tree's)."""
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(source), PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "bbproxy", "--listen", f"127.0.0.1:{port}", "--backend",
             f"127.0.0.1:{backend_port}", "--cert", str(cert), "--key", str(key), "--domain", DOMAIN,
@@ -155,14 +145,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-def recv_until(sock: socket.socket, needle: bytes) -> bytes:
-    data = b""
-    while needle not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before {needle!r}: {data[-200:]!r}")
-        data += chunk
-    return data
+def expect(sock: socket.socket, needle: bytes) -> None:
+    data = recv_until(sock, needle, timeout=30)
+    if needle not in data:
+        raise ConnectionError(f"no {needle!r}: {data[-200:]!r}")
 
 
 def one_session(port: int, variant: Variant, ctx: ssl.SSLContext) -> str:
@@ -171,9 +157,9 @@ def one_session(port: int, variant: Variant, ctx: ssl.SSLContext) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(HEADER)
-        recv_until(sock, b"</stream:features>")
+        expect(sock, b"</stream:features>")
         sock.sendall(STARTTLS)
-        recv_until(sock, b"<proceed")
+        expect(sock, b"<proceed")
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         client = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
         with contextlib.suppress(ssl.SSLWantReadError):
@@ -202,14 +188,14 @@ def one_session(port: int, variant: Variant, ctx: ssl.SSLContext) -> str:
 
 
 def measure(source: Path, label: str, sessions: int, work: Path, started: float) -> list[dict[str, object]]:
-    cert, key = make_cert(work)
+    pair = make_certs(work).ecdsa
     rows = []
     with (
         backend() as backend_port,
-        proxy(source, cert, key, backend_port, work / f"{label}.log") as (pid, port),
+        proxy(source, pair.cert, pair.key, backend_port, work / f"{label}.log") as (pid, port),
     ):
         for variant in VARIANTS:
-            ctx = client_context(variant.padding)
+            ctx = tls10_client(variant.padding)
             outcome = one_session(port, variant, ctx)  # warm-up, and what the variant gets
             time.sleep(0.2)
             before = cpu_seconds(pid)

@@ -1,4 +1,4 @@
-"""The benchmark's client: a lean, single-threaded epoll load generator (stdlib only).
+"""The benchmark's client: a lean, single-threaded epoll load generator (stdlib and the test kit).
 
 run.py starts one or more of these as separate processes, so the client's CPU is never
 charged to the server under test. Each client session is a small generator that yields
@@ -31,25 +31,24 @@ import socket
 import ssl
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Generator
 from typing import Any
+
+import _path  # noqa: F401  (files/bbproxy on sys.path)
+from tests import kit
+from tests.kit import STARTTLS, STREAM_ERROR_RE, stream_header
 
 R = select.EPOLLIN
 W = select.EPOLLOUT
 Wait = Generator[tuple[int, int], None, Any]
 
-TLS_VERSIONS = {
-    "1.0": ssl.TLSVersion.TLSv1,
-    "1.1": ssl.TLSVersion.TLSv1_1,
-    "1.2": ssl.TLSVersion.TLSv1_2,
-    "1.3": ssl.TLSVersion.TLSv1_3,
-}
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+# What BlackBerry 10 class clients offer at TLS 1.0/1.1; @SECLEVEL=0 for MD5+SHA-1 handshake signatures.
+BB10_SUITES = (
+    "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:@SECLEVEL=0"
+)
 FEATURES_END = re.compile(rb"</stream:features>")
 PROCEED = re.compile(rb"<proceed\b[^>]*/>")
-STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
 
 
 # What the first TLS session of this process negotiated, for the report.
@@ -58,13 +57,6 @@ NEGOTIATED: dict[str, str] = {}
 
 class SessionError(Exception):
     """A session failed in a way worth its own line in the failure histogram."""
-
-
-def stream_header(domain: str) -> bytes:
-    return (
-        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client'"
-        " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    ).encode()
 
 
 def make_stanza(size: int) -> bytes:
@@ -77,19 +69,7 @@ def make_stanza(size: int) -> bytes:
 
 def client_context(version: str) -> ssl.SSLContext:
     """One TLS version exactly, no certificate checks (the client's CPU is not what we measure)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ctx.maximum_version = TLS_VERSIONS[version]
-    if TLS_VERSIONS[version] < ssl.TLSVersion.TLSv1_2:
-        # What BlackBerry 10 class clients offer; @SECLEVEL=0 for MD5+SHA-1 handshake signatures.
-        ctx.set_ciphers(
-            "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:"
-            "ECDHE-RSA-AES256-SHA:@SECLEVEL=0"
-        )
-    return ctx
+    return kit.client_context(version, None, ciphers=BB10_SUITES if version in ("1.0", "1.1") else None)
 
 
 # -- generator building blocks: each yields (fd, events) when it would block -------------
@@ -127,13 +107,16 @@ def recv_into_buffer(sock: socket.socket, buf: bytearray) -> Wait:
 
 
 def recv_until(sock: socket.socket, pattern: re.Pattern[bytes], limit: int = 65536) -> Wait:
-    """Read until pattern matches; a stream error or EOF raises. Returns (buffer, match end)."""
+    """Read until pattern matches; a stream error or EOF raises. Returns (buffer, match end).
+
+    Not kit.recv_until: this one is a step of a non-blocking session that yields to the epoll
+    loop whenever the socket would block."""
     buf = bytearray()
     while True:
         match = pattern.search(buf)
         if match:
             return buf, match.end()
-        error = STREAM_ERROR.search(buf)
+        error = STREAM_ERROR_RE.search(buf)
         if error:
             raise SessionError(f"stream error {error.group(1).decode()}")
         if len(buf) > limit:
@@ -158,7 +141,7 @@ def recv_echo(sock: socket.socket, sent: bytes) -> Wait:
             raise SessionError("closed by server")
         buf += chunk
     if buf != sent:
-        error = STREAM_ERROR.search(buf)
+        error = STREAM_ERROR_RE.search(buf)
         raise SessionError(f"stream error {error.group(1).decode()}" if error else "echo differs")
 
 

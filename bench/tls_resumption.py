@@ -23,33 +23,19 @@ import ssl
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import trustme
-from bbproxy.tls import TLS_VERSIONS, CertPair, Policy, build_context, cipher_string, has_legacy_policy
+import _path  # noqa: F401  (files/bbproxy on sys.path)
+from bbproxy.tls import CertPair, Policy, build_context, cipher_string, has_legacy_policy
+from tests.kit import DOMAIN, client_context, make_certs
 
 MAX_HANDSHAKES = 5000
 
 
-def issue(directory: Path, key_type: trustme.KeyType) -> tuple[CertPair, trustme.CA]:
-    ca = trustme.CA(key_type=key_type)
-    leaf = ca.issue_cert("example.test", key_type=key_type)
-    cert, key = directory / f"{key_type.name}.crt", directory / f"{key_type.name}.key"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return CertPair(cert, key), ca
-
-
-def client_context(version: str, ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(ctx)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ctx.minimum_version = ctx.maximum_version = TLS_VERSIONS[version]
-    if has_legacy_policy(version):
-        ctx.set_ciphers(cipher_string(Policy.LEGACY))
-    return ctx
+def client(version: str, cafile: Path) -> ssl.SSLContext:
+    """A client of one TLS version; at 1.0/1.1 it offers the legacy policy's suites."""
+    ciphers = cipher_string(Policy.LEGACY) if has_legacy_policy(version) else None
+    return client_context(version, cafile, ciphers=ciphers)
 
 
 def handshake(
@@ -59,7 +45,7 @@ def handshake(
     ``clean``; the server's CPU seconds for the handshake, the client's session, whether it was
     resumed. OpenSSL drops a session from its cache when the connection ends without one."""
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="example.test", session=session)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=DOMAIN, session=session)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     spent = 0.0
     done = {"client": False, "server": False}
@@ -117,21 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
-        for key_type in (trustme.KeyType.RSA, trustme.KeyType.ECDSA):
-            pair, ca = issue(Path(tmp), key_type)
+        certs = make_certs(Path(tmp))
+        for key_name, kit_pair in (("RSA", certs.rsa), ("ECDSA", certs.ecdsa)):
+            pair = CertPair(kit_pair.cert, kit_pair.key)
             for version in ("1.0", "1.2", "1.3"):
                 policy = Policy.LEGACY if has_legacy_policy(version) else Policy.MODERN
                 no_tickets = build_context(pair, policy, "1.0")  # as bbproxy serves it
                 tickets = build_context(pair, policy, "1.0")
                 tickets.options &= ~ssl.OP_NO_TICKET
-                client = client_context(version, ca)
-                id_client = client_context(version, ca)
+                ticket_client = client(version, certs.cafile)
+                id_client = client(version, certs.cafile)
                 id_client.options |= ssl.OP_NO_TICKET
                 full, by_id, id_hits = measure(no_tickets, id_client, count)
-                _, by_ticket, ticket_hits = measure(tickets, client, count)
+                _, by_ticket, ticket_hits = measure(tickets, ticket_client, count)
                 _, _, dropped_hits = measure(no_tickets, id_client, min(count, 50), clean=False)
                 print(
-                    f"| {key_type.name} | {version} | {policy.value} | {full:.3f} "
+                    f"| {key_name} | {version} | {policy.value} | {full:.3f} "
                     f"| {by_id:.3f} ({by_id / full:.2f}, {id_hits}/{count}) "
                     f"| {by_ticket:.3f} ({by_ticket / full:.2f}, {ticket_hits}/{count}) "
                     f"| {dropped_hits}/{min(count, 50)} |"

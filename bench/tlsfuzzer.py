@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import importlib
 import os
 import re
 import shlex
@@ -31,16 +30,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-PACKAGE_DIR = REPO / "files" / "bbproxy"
-for _path in (BENCH, PACKAGE_DIR, PACKAGE_DIR / "src"):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
-
-from torture import make_certs  # noqa: E402
-
-support = importlib.import_module("tests.integration.support")
+import _path  # noqa: F401  (files/bbproxy on sys.path)
+from tests.integration import support
+from tests.kit import make_certs
 
 # Scripts and their flags. "-d": (EC)DHE key exchange, which is all the proxy offers (no plain
 # RSA). The first group passes in full on s_server; the second has cases that fail on s_server

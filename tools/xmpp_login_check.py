@@ -77,6 +77,8 @@ def tls_version(name: str) -> ssl.TLSVersion:
         }[name]
 
 
+# Its own context, not files/bbproxy/tests/kit.py's: a standalone script (stdlib + slixmpp), run by
+# hand against any server and by molecule's testinfra from the host, with no files/bbproxy to import.
 def client_context(version: str, *, cafile: str | None, insecure: bool, direct_tls: bool) -> ssl.SSLContext:
     """An SSLContext that can only negotiate exactly ``version``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

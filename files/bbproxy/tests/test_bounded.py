@@ -25,7 +25,8 @@ from bbproxy.routing import ALERT_PROTOCOL_VERSION
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
-from .helpers import client_context, hello_of, ja3_churn, run, until
+from .helpers import hello_of, ja3_churn, run, until
+from .kit import ANY_SECLEVEL, client_context
 from .test_relay import DOMAIN
 
 CHURN = 5000  # distinct fingerprints, each one connection
@@ -68,7 +69,7 @@ def test_ja3_churn_from_a_refused_address_leaves_legacy_families_bounded(
     ca_and_pair: tuple[trustme.CA, CertPair],
 ) -> None:
     ca, pair = ca_and_pair
-    device_ctx = client_context(ca, ssl.TLSVersion.TLSv1)
+    device_ctx = client_context(ssl.TLSVersion.TLSv1, ca, ciphers=ANY_SECLEVEL)
     device_hello = hello_of(device_ctx)
     parsed = ClientHelloParser().feed(device_hello)
     assert parsed is not None and parsed.max_version == 0x0301

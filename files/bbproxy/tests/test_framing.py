@@ -15,6 +15,7 @@ from bbproxy.framing import (
     StreamHeader,
 )
 
+# Its own bytes, not kit.stream_header(): the cases below edit them by exact substring.
 HEADER = (
     b"<?xml version='1.0'?>"
     b"<stream:stream to='example.test' xmlns='jabber:client' "

@@ -17,13 +17,13 @@ from bbproxy.clienthello import MAX_BYTES, MAX_RECORDS
 
 from .helpers import (
     as_records,
-    client_context,
     handshake_message,
     run,
     supported_versions,
     until,
     with_extension,
 )
+from .kit import ANY_SECLEVEL, client_context, padded_alpn
 from .test_relay import DOMAIN, HEADER, PROCEED
 from .test_routing import TLS10, TLS13, Certs, certs, echo, routed_proxy, starttls_client, until_proceed
 
@@ -149,7 +149,9 @@ def test_whitespace_after_starttls_is_dropped_go_sendxmpp(
                 writer.write(b"\n \t\r\n")
                 await writer.drain()
                 await asyncio.sleep(0.05)  # a read of its own
-            await writer.start_tls(client_context(certs.ca, version), server_hostname=DOMAIN)
+            await writer.start_tls(
+                client_context(version, certs.ca, ciphers=ANY_SECLEVEL), server_hostname=DOMAIN
+            )
             await echo(reader, writer, b"<presence/>")
             assert server.stats.routes == {"terminate": 1}
             writer.close()
@@ -193,9 +195,7 @@ def _python_hello(version: ssl.TLSVersion) -> bytes:
 def _long_hello_client(certs: Certs) -> ssl.SSLContext:
     """A TLS 1.0 client whose hello is over the router's 16 KiB bound (ALPN names nobody serves pad
     it; the server ignores them)."""
-    ctx = client_context(certs.ca, TLS10)
-    ctx.set_alpn_protocols(["xmpp-client", *(f"{i:03d}" + "p" * 247 for i in range(70))])
-    return ctx
+    return client_context(TLS10, certs.ca, ciphers=ANY_SECLEVEL, alpn=padded_alpn(70))
 
 
 def test_a_hello_split_over_too_many_records_is_refused_with_an_alert(certs: Certs) -> None:

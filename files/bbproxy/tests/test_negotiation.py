@@ -6,11 +6,9 @@ import xml.etree.ElementTree as ET
 
 from bbproxy.negotiation import Action, Negotiation
 
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-)
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+from .kit import STARTTLS, stream_header
+
+HEADER = stream_header()
 
 
 def parse_reply(data: bytes) -> ET.Element:

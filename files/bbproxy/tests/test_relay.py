@@ -25,13 +25,10 @@ from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
-from .helpers import DEADLINE, client_context, run, until
+from .helpers import DEADLINE, run, until
+from .kit import ANY_SECLEVEL, DOMAIN, client_context, stream_header
 
-DOMAIN = "example.test"
-HEADER = (
-    f"<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' "
-    "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-).encode()
+HEADER = stream_header()
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 LOOPS = ["asyncio", "uvloop"]
 
@@ -85,7 +82,7 @@ async def starttls_client(
     port: int, ca: trustme.CA, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await until_proceed(port)
-    await writer.start_tls(client_context(ca, version), server_hostname=DOMAIN)
+    await writer.start_tls(client_context(version, ca, ciphers=ANY_SECLEVEL), server_hostname=DOMAIN)
     return reader, writer
 
 
@@ -424,7 +421,9 @@ async def memory_bio_client(
     """A TLS 1.0 client whose records the test assembles itself, to send several in one segment."""
     reader, writer = await until_proceed(port)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_context(ca, ssl.TLSVersion.TLSv1).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    tls = client_context(ssl.TLSVersion.TLSv1, ca, ciphers=ANY_SECLEVEL).wrap_bio(
+        incoming, outgoing, server_hostname=DOMAIN
+    )
     while True:
         try:
             tls.do_handshake()

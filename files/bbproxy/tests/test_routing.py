@@ -26,7 +26,8 @@ from bbproxy.config import Address, TlsPolicy
 from bbproxy.server import ProxyServer
 from bbproxy.tls import CertPair
 
-from .helpers import client_context, free_port, hello_of, run, until
+from .helpers import hello_of, run, until
+from .kit import ANY_SECLEVEL, client_context, free_port
 from .test_relay import DOMAIN, Backend, proxy, starttls_client, until_proceed
 
 LOOPS = ["asyncio", "uvloop"]
@@ -195,7 +196,7 @@ def test_legacy_networks_refuse_a_legacy_client_with_a_protocol_version_alert(
 
 
 def test_a_client_named_by_ja3_is_terminated_although_it_offers_tls13(certs: Certs) -> None:
-    ctx = client_context(certs.ca, TLS13)
+    ctx = client_context(TLS13, certs.ca, ciphers=ANY_SECLEVEL)
     parsed = ClientHelloParser().feed(hello_of(ctx))
     assert parsed is not None
 
@@ -239,7 +240,9 @@ def test_a_clienthello_dripped_byte_by_byte_reaches_prosody_intact(loop_name: st
             reader, writer = await until_proceed(port)
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            client = client_context(certs.ca, TLS13).wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+            client = client_context(TLS13, certs.ca, ciphers=ANY_SECLEVEL).wrap_bio(
+                incoming, outgoing, server_hostname=DOMAIN
+            )
             first = True
             while True:
                 try:
@@ -298,7 +301,10 @@ def test_direct_tls_listener_routes_too(loop_name: str, certs: Certs) -> None:
             direct_port = sock.getsockname()[1]
             for version, expected in ((TLS13, certs.prosody_der), (TLS10, certs.proxy_der)):
                 reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", direct_port, ssl=client_context(certs.ca, version), server_hostname=DOMAIN
+                    "127.0.0.1",
+                    direct_port,
+                    ssl=client_context(version, certs.ca, ciphers=ANY_SECLEVEL),
+                    server_hostname=DOMAIN,
                 )
                 assert peer_der(writer) == expected, version
                 await echo(reader, writer, b"<presence/>")
@@ -406,7 +412,7 @@ def test_a_spliced_client_that_stalls_after_its_hello_is_closed_by_the_handshake
             _plain,
         ):
             reader, writer = await until_proceed(port)
-            writer.write(hello_of(client_context(certs.ca, TLS13)))
+            writer.write(hello_of(client_context(TLS13, certs.ca, ciphers=ANY_SECLEVEL)))
             first = await asyncio.wait_for(reader.read(5), 10)
             assert first[:1] == b"\x16", first  # Prosody's ServerHello: the session is spliced
             session = next(iter(server.sessions))

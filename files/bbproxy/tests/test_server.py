@@ -22,15 +22,9 @@ from bbproxy.config import Address, Limits, Settings
 from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair, Policy, build_context, has_legacy_policy, self_test
 
-from .helpers import DEADLINE, client_context, free_port, run
+from .helpers import DEADLINE, run
+from .kit import ANY_SECLEVEL, client_context, free_port, stream_header
 from .test_relay import PROCEED
-
-
-def header(domain: str) -> bytes:
-    return (
-        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
-        "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +58,11 @@ async def served_name(port: int, ca: trustme.CA, stream_to: str | None, sni: str
     """Which certificate (by its subject name) the proxy presents."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if stream_to is not None:
-        writer.write(header(stream_to))
+        writer.write(stream_header(stream_to))
         await reader.readuntil(b"</stream:features>")
         writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await reader.readuntil(PROCEED)
-    ctx = client_context(ca, ssl.TLSVersion.TLSv1_2)
+    ctx = client_context(ssl.TLSVersion.TLSv1_2, ca, ciphers=ANY_SECLEVEL)
     ctx.check_hostname = False  # we want to see the certificate, whichever it is
     await writer.start_tls(ctx, server_hostname=sni)
     cert = writer.get_extra_info("peercert")
@@ -113,7 +107,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
         port = server.bound_ports()[0]
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:  # both are admitted and answered
-            writer.write(header("a.test"))
+            writer.write(stream_header("a.test"))
             await reader.readuntil(b"</stream:features>")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         refused = await asyncio.wait_for(reader.read(), DEADLINE)
@@ -128,7 +122,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
         while server.sessions and asyncio.get_running_loop().time() < end:
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(header("a.test"))
+        writer.write(stream_header("a.test"))
         assert b"<starttls" in await reader.readuntil(b"</stream:features>")
         writer.close()
         server.request_stop()
@@ -142,7 +136,7 @@ def test_beyond_max_connections_clients_get_resource_constraint(
 
 def cert_of(port: int, ca: trustme.CA) -> str:
     """The served leaf certificate (PEM) for a direct-TLS connection."""
-    ctx = client_context(ca, ssl.TLSVersion.TLSv1_3)
+    ctx = client_context(ssl.TLSVersion.TLSv1_3, ca, ciphers=ANY_SECLEVEL)
     ctx.check_hostname = False
     with (
         socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
@@ -233,7 +227,7 @@ def test_per_ip_limits_answer_with_a_stream_error(
         port = server.bound_ports()[0]
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:
-            writer.write(header("a.test"))
+            writer.write(stream_header("a.test"))
             await reader.readuntil(b"</stream:features>")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         refused = await asyncio.wait_for(reader.read(), DEADLINE)
@@ -298,7 +292,7 @@ def test_metrics_endpoint_counts_a_tls10_handshake(tmp_path: Path) -> None:
     lines: list[str] = []
     try:
         wait_for_log(proc, lines, "metrics on http://")
-        ctx = client_context(ca, ssl.TLSVersion.TLSv1)
+        ctx = client_context(ssl.TLSVersion.TLSv1, ca, ciphers=ANY_SECLEVEL)
         with (
             socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw,
             ctx.wrap_socket(raw, server_hostname="a.test") as tls,
@@ -352,7 +346,7 @@ def test_legacy_and_failed_handshakes_are_logged_with_a_fingerprint(
 
     async def handshake(port: int, version: ssl.TLSVersion) -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        ctx = client_context(ca, version)
+        ctx = client_context(version, ca, ciphers=ANY_SECLEVEL)
         ctx.check_hostname = False
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.start_tls(ctx, server_hostname="b.test")

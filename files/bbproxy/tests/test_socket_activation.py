@@ -17,7 +17,8 @@ from bbproxy.tls import CertPair
 
 from . import test_server
 from .helpers import DEADLINE, run
-from .test_server import header, settings_for
+from .kit import stream_header
+from .test_server import settings_for
 
 two_domains = test_server.two_domains  # the fixture, shared
 
@@ -93,14 +94,14 @@ def test_inherited_sockets_serve_by_address_and_outlive_a_stop(
     async def scenario() -> None:
         server = await instance()
         reader, writer = await asyncio.open_connection("127.0.0.1", starttls_port)
-        writer.write(header("a.test"))
+        writer.write(stream_header("a.test"))
         assert b"<starttls" in await asyncio.wait_for(reader.readuntil(b"</stream:features>"), DEADLINE)
         writer.close()
         server.request_stop()
         await server.serve_until_stopped()
         # Between two instances: the connection is accepted into the backlog, not refused.
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", starttls_port), DEADLINE)
-        writer.write(header("a.test"))
+        writer.write(stream_header("a.test"))
         server = await instance()
         assert b"<starttls" in await asyncio.wait_for(reader.readuntil(b"</stream:features>"), DEADLINE)
         writer.close()

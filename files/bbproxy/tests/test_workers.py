@@ -14,15 +14,13 @@ from pathlib import Path
 
 import trustme
 
-from .helpers import DEADLINE, free_port
+from .helpers import DEADLINE
+from .kit import free_port, stream_header
 
 
 def starttls_features(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
-        sock.sendall(
-            b"<stream:stream to='a.test' xmlns='jabber:client' "
-            b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-        )
+        sock.sendall(stream_header("a.test", prolog=False))
         data = b""
         while b"</stream:features>" not in data:
             chunk = sock.recv(4096)

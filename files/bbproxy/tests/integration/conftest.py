@@ -14,7 +14,6 @@ from .support import (
     LOOPBACK,
     LOOPS,
     PROSODY_CONFIG,
-    CertPair,
     Certs,
     Prosody,
     ProxyFactory,
@@ -22,6 +21,7 @@ from .support import (
     ProxyStarter,
     RecordingBackend,
     free_port,
+    make_certs,
     port_accepts,
     require_loop,
     running_prosody,
@@ -30,27 +30,7 @@ from .support import (
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    import trustme
-
-    directory = tmp_path_factory.mktemp("certs")
-    root = trustme.CA(key_type=trustme.KeyType.RSA)
-    cafile = directory / "ca.pem"
-    root.cert_pem.write_to_path(str(cafile))
-
-    def issue(kind: str, key_type: trustme.KeyType) -> CertPair:
-        intermediate = root.create_child_ca(key_type=key_type)
-        leaf = intermediate.issue_cert(DOMAIN, key_type=key_type)
-        cert, key = directory / f"{kind}.crt", directory / f"{kind}.key"
-        # Leaf + intermediate (trustme leaves the root out): clients that trust only the root
-        # verify, so this also proves the proxy sends the full chain.
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        leaf.private_key_pem.write_to_path(str(key))
-        key.chmod(0o600)
-        return CertPair(cert, key)
-
-    other_key = directory / "other.key"
-    root.issue_cert("other.test", key_type=trustme.KeyType.RSA).private_key_pem.write_to_path(str(other_key))
-    return Certs(cafile, issue("rsa", trustme.KeyType.RSA), issue("ecdsa", trustme.KeyType.ECDSA), other_key)
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")

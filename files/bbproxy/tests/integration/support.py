@@ -24,40 +24,33 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bbproxy.tls import ALPN_XMPP_CLIENT, MODERN_SUITES, TLS_VERSIONS, Policy, cipher_string
+from bbproxy.tls import ALPN_XMPP_CLIENT, MODERN_SUITES, Policy, cipher_string
+
+# The test kit's pieces, re-exported: the integration tests import everything from here.
+from ..kit import DOMAIN as DOMAIN
+from ..kit import LOOPBACK as LOOPBACK
+from ..kit import STARTTLS as STARTTLS
+from ..kit import STREAM_NS as STREAM_NS
+from ..kit import CertPair as CertPair
+from ..kit import Certs as Certs
+from ..kit import client_context as client_context
+from ..kit import free_port as free_port
+from ..kit import make_certs as make_certs
+from ..kit import recv_until as recv_until
+from ..kit import recv_until_closed as recv_until_closed
+from ..kit import stream_error_condition as stream_error_condition
+from ..kit import stream_header as stream_header
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # files/bbproxy
 REPO_ROOT = PACKAGE_DIR.parents[1]
 LOGIN_CHECK = REPO_ROOT / "tools" / "xmpp_login_check.py"
-DOMAIN = "example.test"
-LOOPBACK = "127.0.0.1"
-# Python deprecates TLSVersion.TLSv1/TLSv1_1; the tests use them on purpose.
-DEPRECATED_TLS_MESSAGE = r"ssl\.TLSVersion\.TLSv1(_1)? is deprecated"
-
-STREAM_NS = "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
-
-
-def stream_header(to: str = DOMAIN, *, prolog: bool = True) -> bytes:
-    head = "<?xml version='1.0'?>" if prolog else ""
-    return f"{head}<stream:stream {STREAM_NS} to='{to}' version='1.0'>".encode()
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (bind to port 0, then release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -127,7 +120,6 @@ def running_prosody(
 
     Yields (process, passwords, log path, config path); stops the process by PID at the end.
     """
-    prosody_bin = require_tool("prosody", "apt-get install prosody")
     prosodyctl = require_tool("prosodyctl", "apt-get install prosody")
     (directory / "data").mkdir(mode=0o700)
     (directory / "certs").mkdir()
@@ -145,15 +137,7 @@ def running_prosody(
         if result.returncode != 0:
             pytest.fail(f"prosodyctl register {user} failed: {result.stdout!r} {result.stderr!r}")
 
-    console = (directory / "console.log").open("wb")
-    proc = subprocess.Popen(
-        owned_command([prosody_bin, "-F", "--config", str(config)]),
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        cwd=directory,
-        start_new_session=True,  # a Ctrl-C in pytest must not hit it before teardown does
-    )
+    proc = spawn_prosody(config)
     try:
         deadline = time.monotonic() + 20
         while not ready():
@@ -165,96 +149,22 @@ def running_prosody(
         yield proc, passwords, log, config
     finally:
         stop_process(proc)
-        console.close()
 
 
-def tls_version(name: str) -> ssl.TLSVersion:
-    return TLS_VERSIONS[name]
-
-
-def client_context(version: str, cafile: Path | None, *, alpn: Sequence[str] = ()) -> ssl.SSLContext:
-    """A client SSLContext pinned to exactly one TLS version, verifying against ``cafile``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    pinned = tls_version(version)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=DEPRECATED_TLS_MESSAGE, category=DeprecationWarning)
-        ctx.minimum_version = pinned
-        ctx.maximum_version = pinned
-    if version in ("1.0", "1.1"):
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    if cafile is None:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx.load_verify_locations(cafile=str(cafile))
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    return ctx
-
-
-def recv_until(sock: socket.socket | ssl.SSLSocket, needle: bytes, timeout: float) -> bytes:
-    """Read until ``needle`` is in the data, EOF, or the deadline; returns everything read."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while needle not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        except (ConnectionResetError, ssl.SSLEOFError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def recv_until_closed(sock: socket.socket | ssl.SSLSocket, timeout: float) -> tuple[bytes, bool]:
-    """Read until EOF or the deadline. Returns (data, closed_by_peer)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return data, False
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return data, False
-        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-            return data, True
-        if not chunk:
-            return data, True
-        data += chunk
-
-
-# --------------------------------------------------------------------------- certificates
-
-
-@dataclasses.dataclass(frozen=True)
-class CertPair:
-    cert: Path  # leaf + intermediate, PEM
-    key: Path
-
-
-@dataclasses.dataclass(frozen=True)
-class Certs:
-    cafile: Path  # the root only: clients verify the chain the proxy sends
-    rsa: CertPair
-    ecdsa: CertPair
-    other_key: Path  # a valid RSA key that matches neither certificate
-
-    def pair(self, kind: str) -> CertPair:
-        return {"rsa": self.rsa, "ecdsa": self.ecdsa}[kind]
-
-    def pairs(self, kind: str) -> tuple[CertPair, ...]:
-        """``rsa``, ``ecdsa``, or ``rsa+ecdsa``: both, one per key type (the proxy picks per client)."""
-        return tuple(self.pair(k) for k in kind.split("+"))
+def spawn_prosody(config: Path) -> subprocess.Popen[bytes]:
+    """Prosody in the foreground with CONFIG, in its directory, its console appended to
+    console.log there; a session of its own, so a Ctrl-C in pytest must not hit it before
+    teardown does. Started again with the same CONFIG, it keeps its data (a restart)."""
+    prosody_bin = require_tool("prosody", "apt-get install prosody")
+    with (config.parent / "console.log").open("ab") as console:
+        return subprocess.Popen(
+            owned_command([prosody_bin, "-F", "--config", str(config)]),
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+            start_new_session=True,
+        )
 
 
 # --------------------------------------------------------------------------- prosody
@@ -807,14 +717,6 @@ def running_s_server(pair: CertPair, directory: Path, ready_timeout: float = 10.
 
 # --------------------------------------------------------------------------- raw XMPP clients
 
-STREAM_ERROR_RE = re.compile(rb"<stream:error>\s*<([a-z-]+)[\s/>]")
-
-
-def stream_error_condition(data: bytes) -> str | None:
-    """The defined condition of the first ``<stream:error/>`` in ``data``."""
-    match = STREAM_ERROR_RE.search(data)
-    return match.group(1).decode() if match else None
-
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:
     sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
@@ -835,20 +737,7 @@ PROCEED_RE = re.compile(rb"<proceed[^>]*?(/>|>\s*</proceed>)")
 
 def read_proceed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Read exactly up to the end of ``<proceed/>`` and not a byte further (nothing follows it)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not PROCEED_RE.search(data):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until(sock, PROCEED_RE, timeout, chunk=4096)
     match = PROCEED_RE.search(data)
     assert match is not None, f"no <proceed/>: {data!r}"
     assert match.end() == len(data), f"bytes after <proceed/>: {data!r}"

@@ -1,5 +1,5 @@
-"""The torture run's short form (bench/torture.py --short, issue #9) as a CI test, plus the
-regressions it found.
+"""The torture run's short form (tests/torture/core.py, ``bench/torture.py --short``, issue #9) as a
+CI test, plus the regressions it found.
 
 The run starts its own Prosody (it restarts it) and proxy through support.py's helpers, with
 conftest's certificates; it floods the proxy, feeds it hostile input in process and over the
@@ -11,24 +11,23 @@ message, so a red CI run says which scenario lost what.
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from bbproxy.config import Limits
 from bbproxy.framing import NEED_DATA, PreTlsParser
 
+from ..torture import core as torture
 from .support import (
     DOMAIN,
     LOOPBACK,
-    REPO_ROOT,
     Certs,
     ProxyFactory,
     ProxyStarter,
@@ -38,6 +37,7 @@ from .support import (
     connect,
     open_stream,
     read_proceed,
+    recv_until,
     recv_until_closed,
     stop_process,
     stream_error_condition,
@@ -47,22 +47,9 @@ from .support import (
 
 pytestmark = pytest.mark.integration
 
-BENCH = REPO_ROOT / "bench"
-
-
-@pytest.fixture(scope="module")
-def torture() -> ModuleType:
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    import torture
-
-    return torture
-
 
 @pytest.mark.timeout(150)
-def test_torture_short_loses_nothing_and_keeps_serving(
-    tmp_path: Path, certs: Certs, torture: ModuleType
-) -> None:
+def test_torture_short_loses_nothing_and_keeps_serving(tmp_path: Path, certs: Certs) -> None:
     report = torture.run(torture.SHORT, tmp_path, certs=certs)
     text = torture.markdown(report)
     assert report["lost"] == 0, text
@@ -107,6 +94,9 @@ def test_utf16_bom_condition_does_not_depend_on_chunking(bom: bytes) -> None:
     assert first_event([data[:1], data[1:]]) == first_event([data])
 
 
+STREAM_HEADER_RE = re.compile(rb"<stream:stream[^>]*>")
+
+
 class _ClosingBackend:
     """Answers the client's stream header, then closes the TCP connection without </stream:stream>
     (what Prosody 0.12 sometimes does on SIGTERM: it logs a <system-shutdown/> it never flushes)."""
@@ -120,13 +110,8 @@ class _ClosingBackend:
     def _serve(self) -> None:
         conn, _ = self.listener.accept()
         with conn:
-            conn.settimeout(10)
-            data = b""
-            while b"<stream:stream" not in data or not data.endswith(b">"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            if not STREAM_HEADER_RE.search(recv_until(conn, STREAM_HEADER_RE, 10)):
+                return
             conn.sendall(
                 b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
                 b"xmlns:stream='http://etherx.jabber.org/streams' id='t' from='"

@@ -15,9 +15,9 @@ import socket
 import ssl
 import time
 
-STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
+from ..kit import STARTTLS, STREAM_ERROR_RE, stream_header
+
 JID = re.compile(rb"<jid>([^<]+)</jid>")
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 
 
 class LoginFailed(Exception):
@@ -27,13 +27,6 @@ class LoginFailed(Exception):
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
         self.condition = condition
-
-
-def stream_header(domain: str) -> bytes:
-    return (
-        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client'"
-        " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    ).encode()
 
 
 class XmppSession:
@@ -54,14 +47,18 @@ class XmppSession:
     # -- reading ---------------------------------------------------------------------------
 
     def _read_until(self, *needles: bytes, deadline: float) -> bytes:
-        """Read until one of ``needles`` is in the buffer; raise LoginFailed on error/EOF/deadline."""
+        """Read until one of ``needles`` is in the buffer; raise LoginFailed on error/EOF/deadline.
+
+        Not kit.recv_until: the buffer outlives the call (what follows a needle is kept) and
+        every way of ending is a LoginFailed with the stage and the stream error's condition.
+        """
         assert self.sock is not None
         while True:
             for needle in needles:
                 pos = self.buffer.find(needle)
                 if pos >= 0:
                     return self.buffer
-            match = STREAM_ERROR.search(self.buffer)
+            match = STREAM_ERROR_RE.search(self.buffer)
             if match:
                 condition = match.group(1).decode()
                 raise LoginFailed(self.stage, f"stream error <{condition}/>", condition)
@@ -76,7 +73,7 @@ class XmppSession:
             except (OSError, ssl.SSLError) as exc:
                 raise LoginFailed(self.stage, f"{type(exc).__name__}") from None
             if not chunk:
-                match = STREAM_ERROR.search(self.buffer)
+                match = STREAM_ERROR_RE.search(self.buffer)
                 condition = match.group(1).decode() if match else None
                 raise LoginFailed(self.stage, f"closed ({condition or 'no stream error'})", condition)
             self.buffer += chunk
@@ -172,7 +169,7 @@ class XmppSession:
         start = time.monotonic()
         deadline = start + timeout
         while True:
-            match = STREAM_ERROR.search(self.buffer)
+            match = STREAM_ERROR_RE.search(self.buffer)
             if match:
                 return f"stream-error:{match.group(1).decode()}", time.monotonic() - start
             remaining = deadline - time.monotonic()
@@ -186,7 +183,7 @@ class XmppSession:
             except (OSError, ssl.SSLError):
                 chunk = b""
             if not chunk:
-                match = STREAM_ERROR.search(self.buffer)
+                match = STREAM_ERROR_RE.search(self.buffer)
                 how = f"stream-error:{match.group(1).decode()}" if match else "closed"
                 return how, time.monotonic() - start
             self.buffer += chunk

@@ -1,6 +1,7 @@
-"""One flood process of the torture run (bench/torture.py starts several): stdlib, one epoll loop.
+"""One flood process of the torture run (core.py starts several): one epoll loop.
 
-Usage: ``python torture_flood.py '<json config>'``; prints one JSON summary line on stdout.
+Usage, in files/bbproxy: ``python -m tests.torture.flood '<json config>'``; prints one JSON
+summary line on stdout.
 
 Config keys
   port         the proxy's STARTTLS port on 127.0.0.1
@@ -28,7 +29,6 @@ import contextlib
 import errno
 import json
 import random
-import re
 import resource
 import selectors
 import signal
@@ -38,16 +38,9 @@ import time
 from collections import Counter
 from typing import Any
 
-STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+from ..kit import DOMAIN, STARTTLS, STREAM_ERROR_RE, stream_header
+
 KEEP_BYTES = 512  # what we keep of each connection's answer: enough for the stream error
-
-
-def stream_header(domain: str) -> bytes:
-    return (
-        f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client'"
-        " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    ).encode()
 
 
 class Conn:
@@ -69,8 +62,8 @@ class Flood:
         self.mode: str = cfg["mode"]
         self.addr = ("127.0.0.1", int(cfg["port"]))
         self.source: str = cfg.get("source", "127.0.0.1")
-        self.rng = random.Random(cfg.get("seed", 1))  # noqa: S311 (seeded: reproducible, not secret)
-        self.header = stream_header(cfg.get("domain", "example.test"))
+        self.rng = random.Random(cfg.get("seed", 1))
+        self.header = stream_header(cfg.get("domain", DOMAIN))
         self.hello = bytes.fromhex(cfg.get("hello_hex", ""))
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
@@ -102,7 +95,7 @@ class Flood:
     def finish(self, conn: Conn, outcome: str, now: float) -> None:
         if outcome != "open-at-end":
             self.max_lifetime_closed = max(self.max_lifetime_closed, now - conn.opened)
-        match = STREAM_ERROR.search(conn.answer)
+        match = STREAM_ERROR_RE.search(conn.answer)
         if match and outcome == "closed":
             outcome = match.group(1).decode()
         self.outcomes[outcome] += 1

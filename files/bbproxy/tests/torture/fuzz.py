@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 import socket
 import ssl
 import struct
@@ -34,11 +33,9 @@ from bbproxy.clienthello import MAX_BYTES as HELLO_MAX_BYTES
 from bbproxy.clienthello import ClientHello, ClientHelloError, ClientHelloParser
 from bbproxy.negotiation import PROCEED, Action, Negotiation, Outcome
 
-DOMAIN = "example.test"
+from ..kit import DOMAIN, STARTTLS, STREAM_ERROR_RE, STREAM_NS, recv_until_closed, stream_header
+
 MAX_PRE_TLS = 8192
-NS = "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
-STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
-STREAM_ERROR = re.compile(rb"<stream:error>\s*<([A-Za-z-]+)")
 
 
 # --------------------------------------------------------------------------- pre-TLS grammar
@@ -69,7 +66,7 @@ def _header(rng: random.Random) -> bytes:
         ["<?xml version='1.0'?>", "", "<?xml version='1.0' encoding='UTF-8'?>", "\ufeff", "  "]
     )
     qname = rng.choice(["stream:stream", "stream:stream", "stream", "x:stream", "stream:features"])
-    attrs = [NS] if rng.random() < 0.85 else []
+    attrs = [STREAM_NS] if rng.random() < 0.85 else []
     if rng.random() < 0.9:
         quote = rng.choice("'\"")
         attrs.append(f"to={quote}{_attr_value(rng)}{quote}")
@@ -202,7 +199,7 @@ def run_negotiation(chunks: list[bytes]) -> tuple[str, bytes, int]:
     if outcome.action is Action.STARTTLS:
         return "starttls", bytes(sent), consumed
     if outcome.action is Action.CLOSE:
-        match = STREAM_ERROR.search(sent)
+        match = STREAM_ERROR_RE.search(sent)
         return (f"stream-error:{match.group(1).decode()}" if match else "stream-end"), bytes(sent), consumed
     return "need-data", bytes(sent), consumed
 
@@ -354,7 +351,7 @@ def check_hello(data: bytes, rng: random.Random, findings: Findings) -> None:
 
 
 def run_in_process(pre_tls_cases: int, hello_cases: int, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)  # noqa: S311 (seeded: reproducible, not secret)
+    rng = random.Random(seed)  # seeded: reproducible, not secret
     start = time.monotonic()
     pre = Findings()
     for _ in range(pre_tls_cases):
@@ -406,25 +403,15 @@ def exchange(
         else:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-        deadline = start + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return answer, False, time.monotonic() - start
-            sock.settimeout(remaining)
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return answer, False, time.monotonic() - start
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return answer, True, time.monotonic() - start
-            answer += chunk
+        # A reset is a close (kit.recv_until_closed); so is any other OSError, whatever it cut off.
+        with contextlib.suppress(OSError):
+            rest, closed = recv_until_closed(sock, start + timeout - time.monotonic())
+            return answer + rest, closed, time.monotonic() - start
+        return answer, True, time.monotonic() - start
 
 
 def classify(answer: bytes) -> str:
-    match = STREAM_ERROR.search(answer)
+    match = STREAM_ERROR_RE.search(answer)
     if match:
         return f"stream-error:{match.group(1).decode()}"
     if PROCEED in answer:
@@ -436,12 +423,12 @@ def classify(answer: bytes) -> str:
 
 def run_network(port: int, cases: int, seed: int, timeout: float, workers: int = 24) -> dict[str, Any]:
     """``cases`` generated dialogues over real sockets; compare with the in-process verdict."""
-    rng = random.Random(seed ^ 0x5EED)  # noqa: S311
+    rng = random.Random(seed ^ 0x5EED)
     bases = real_hellos()
     inputs: list[tuple[bytes, str]] = []
     for i in range(cases):
         if i % 4 == 3:  # a proper STARTTLS, then a hostile ClientHello as the first TLS bytes
-            head = f"<?xml version='1.0'?><stream:stream {NS} to='{DOMAIN}' version='1.0'>".encode()
+            head = stream_header()
             inputs.append((head + STARTTLS + b"\0" + hello_case(rng, bases), "hello"))
         else:
             inputs.append((pre_tls_case(rng), "pre-tls"))
@@ -504,10 +491,6 @@ def _send_after_proceed(payload: bytes) -> Callable[[socket.socket, bytes], byte
 # --------------------------------------------------------------------------- named attacks
 
 
-def _header_bytes(extra: str = "", to: str = DOMAIN) -> bytes:
-    return f"<?xml version='1.0'?><stream:stream {NS} to='{to}' version='1.0'{extra}>".encode()
-
-
 BILLION_LAUGHS = (
     b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>"
     + b"".join(
@@ -515,7 +498,7 @@ BILLION_LAUGHS = (
         for i in range(1, 10)
     )
     + b"]>"
-    + _header_bytes(to="&lol9;")
+    + stream_header("&lol9;")
 )
 
 
@@ -539,7 +522,7 @@ def _expect_error(port: int, data: bytes, conditions: tuple[str, ...], timeout: 
 
 
 def _tls_after_starttls(port: int, payload: bytes, timeout: float) -> tuple[bytes, bool, float]:
-    return exchange(port, _header_bytes() + STARTTLS, timeout=timeout, after=_send_after_proceed(payload))
+    return exchange(port, stream_header() + STARTTLS, timeout=timeout, after=_send_after_proceed(payload))
 
 
 RENEGOTIATION_OUTPUT: list[str] = []
@@ -596,7 +579,7 @@ def _heartbeat(port: int, hello: bytes, timeout: float) -> tuple[bool, str]:
             sock.sendall(heartbeat)
         return b""  # only what comes after the heartbeat counts
 
-    answer, closed, elapsed = exchange(port, _header_bytes() + STARTTLS, timeout=timeout, after=after)
+    answer, closed, elapsed = exchange(port, stream_header() + STARTTLS, timeout=timeout, after=after)
     leaked = len(answer) > 64
     what = (
         f"{len(answer)} bytes after the heartbeat, {'closed' if closed else 'NOT closed'} in {elapsed:.2f}s"
@@ -606,7 +589,7 @@ def _heartbeat(port: int, hello: bytes, timeout: float) -> tuple[bool, str]:
 
 def attacks(port: int, cafile: str, tls10_hello: bytes, timeout: float) -> Iterator[Attack]:
     t = timeout
-    header = _header_bytes()
+    header = stream_header()
     yield Attack(
         "STARTTLS injection (bytes after <starttls/>)",
         "policy-violation, nothing relayed",
@@ -616,12 +599,12 @@ def attacks(port: int, cafile: str, tls10_hello: bytes, timeout: float) -> Itera
     yield Attack(
         "oversized attribute (to = 100 000 bytes)",
         "policy-violation at the byte cap",
-        lambda: _expect_error(port, _header_bytes(to="a" * 100_000), ("policy-violation",), t),
+        lambda: _expect_error(port, stream_header("a" * 100_000), ("policy-violation",), t),
     )
     yield Attack(
         "10 000 attributes",
         "policy-violation at the byte cap",
-        lambda: _expect_error(port, _header_bytes("".join(f" a{i}='x'" for i in range(10_000))),
+        lambda: _expect_error(port, stream_header(extra="".join(f" a{i}='x'" for i in range(10_000))),
                               ("policy-violation",), t),
     )  # fmt: skip
     yield Attack(
@@ -637,12 +620,12 @@ def attacks(port: int, cafile: str, tls10_hello: bytes, timeout: float) -> Itera
     yield Attack(
         "entity reference to an undeclared entity",
         "a stream error",
-        lambda: _expect_error(port, _header_bytes(to="&lol;"), ("not-well-formed", "restricted-xml"), t),
+        lambda: _expect_error(port, stream_header("&lol;"), ("not-well-formed", "restricted-xml"), t),
     )
     yield Attack(
         "NUL bytes in the header",
         "not-well-formed",
-        lambda: _expect_error(port, _header_bytes(to="exa\x00mple.test"), ("not-well-formed",), t),
+        lambda: _expect_error(port, stream_header("exa\x00mple.test"), ("not-well-formed",), t),
     )
     yield Attack(
         "invalid UTF-8 in the header",
