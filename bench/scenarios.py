@@ -119,18 +119,22 @@ def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def warm_up(env: Env, peer: Peer, tls: str) -> None:
-    """A few sessions first, so one-time costs (imports, first allocations) are not measured."""
-    cfg = {
-        "mode": "handshake",
+def session_cfg(peer: Peer, mode: str, tls: str, **settings: Any) -> dict[str, Any]:
+    """loadgen.py's config for sessions that each end with a 200 B stanza echoed through `peer`
+    (none for a peer that does not echo: Prosody), plus the mode's own settings."""
+    return {
+        "mode": mode,
         "port": peer.port,
         "proto": peer.proto,
         "stanza_size": 200 if peer.echoes else 0,
         "tls": tls,
-        "count": 100,
-        "concurrency": 20,
-        "time_limit": 15,
+        **settings,
     }
+
+
+def warm_up(env: Env, peer: Peer, tls: str) -> None:
+    """A few sessions first, so one-time costs (imports, first allocations) are not measured."""
+    cfg = session_cfg(peer, "handshake", tls, count=100, concurrency=20, time_limit=15)
     with loadgens(env, [cfg], f"warmup-{peer.name}") as (gen,):
         gen.send("go")
         result = gen.expect("result", 30)
@@ -156,17 +160,7 @@ def run_handshakes(
     concurrency = concurrency or p["concurrency"]
     warm_up(env, peer, tls)
     cfgs = [
-        {
-            "mode": "handshake",
-            "port": peer.port,
-            "proto": peer.proto,
-            "stanza_size": 200 if peer.echoes else 0,
-            "tls": tls,
-            "count": n,
-            "concurrency": c,
-            "time_limit": 60,
-            "session_timeout": 30,
-        }
+        session_cfg(peer, "handshake", tls, count=n, concurrency=c, time_limit=60, session_timeout=30)
         for n, c in zip(split(p["handshakes"], procs), split(concurrency, procs), strict=True)
     ]
     with loadgens(env, cfgs, f"hs-{peer.name}-{tls}-{cert.kind}") as gens:
@@ -210,18 +204,16 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
     procs = max(env.args.clients, -(-sessions // 5000))  # <= 5000 client sockets per process
     warm_up(env, peer, tls)
     cfgs = [
-        {
-            "mode": "hold",
-            "port": peer.port,
-            "proto": peer.proto,
-            "stanza_size": 200 if peer.echoes else 0,
-            "tls": tls,
-            "count": n,
-            "concurrency": 64,
-            "time_limit": 20 + n / 50,
-            "session_timeout": 30,
-            "hold_limit": 300,
-        }
+        session_cfg(
+            peer,
+            "hold",
+            tls,
+            count=n,
+            concurrency=64,
+            time_limit=20 + n / 50,
+            session_timeout=30,
+            hold_limit=300,
+        )
         for n in split(sessions, procs)
     ]
     with loadgens(env, cfgs, f"idle-{peer.name}-{sessions}") as gens:
