@@ -31,8 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import run
-from run import DOMAIN, HERE, HOST, BenchError, Processes
+import common
+import procstat
+import scenarios
+from common import DOMAIN, HERE, HOST, BenchError
+from procstat import Processes
 
 TOOLS = ("none", "strace", "py-spy", "perf")
 
@@ -49,12 +52,12 @@ class Server:
 
     def __init__(self, procs: Processes, workdir: Path, args: argparse.Namespace, name: str) -> None:
         self.procs, self.workdir, self.args, self.name = procs, workdir, args, name
-        self.port = run.free_port()
+        self.port = common.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         starttls = name.startswith("bbproxy") and name != "bbproxy-direct"
         self.proto = "starttls" if starttls else "direct-tls"
 
-    def start(self, cert: run.Cert, echo_port: int) -> None:
+    def start(self, cert: common.Cert, echo_port: int) -> None:
         py, loop = self.args.python, self.args.loop
         if self.name == "bbproxy-other":
             py = self.args.compare
@@ -64,7 +67,7 @@ class Server:
                 "--cert", str(cert.chain), "--key", str(cert.key), "--domain", DOMAIN, "--loop", loop,
             ]  # fmt: skip
             if self.name == "bbproxy-direct":  # the STARTTLS listener moves to an unused port
-                argv[4] = f"{HOST}:{run.free_port()}"
+                argv[4] = f"{HOST}:{common.free_port()}"
                 argv += ["--direct-tls-listen", f"{HOST}:{self.port}"]
             elif self.name == "bbproxy-quiet":
                 argv += ["--log-level", "warning"]
@@ -78,8 +81,8 @@ class Server:
         log = self.workdir / f"{self.name}.log"
         self.proc = self.procs.start(argv, log)
         if self.name != "bbproxy-quiet":
-            run.wait_for_line(log, pattern, self.proc, 20)
-        run.wait_listening(self.port, self.proc, 10)
+            procstat.wait_for_line(log, pattern, self.proc, 20)
+        procstat.wait_listening(self.port, self.proc, 10)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -90,7 +93,7 @@ class Server:
 def drive(procs: Processes, workdir: Path, server: Server, count: int, args: argparse.Namespace) -> float:
     """`count` sessions from args.clients load generators; returns the slowest one's seconds."""
     gens = []
-    for i, n in enumerate(run.split(count, args.clients)):
+    for i, n in enumerate(scenarios.split(count, args.clients)):
         cfg = {
             "host": HOST, "domain": DOMAIN, "mode": "handshake", "port": server.port, "proto": server.proto,
             "stanza_size": 200, "tls": args.tls, "count": n, "concurrency": args.concurrency // args.clients,
@@ -136,9 +139,9 @@ def _expect(proc: subprocess.Popen[bytes], event: str, timeout: float) -> dict[s
 
 def cpu_pass(procs: Processes, workdir: Path, server: Server, args: argparse.Namespace) -> float:
     assert server.proc is not None
-    cpu0 = run.settle(server.proc.pid)
+    cpu0 = procstat.settle(server.proc.pid)
     drive(procs, workdir, server, args.sessions, args)
-    cpu1 = run.settle(server.proc.pid)
+    cpu1 = procstat.settle(server.proc.pid)
     return (cpu1 - cpu0) * 1000 / args.sessions
 
 
@@ -262,7 +265,7 @@ def main() -> int:
         parser.error("--sessions 1..20000, --passes 1..10")
     if args.tool != "none" and not shutil.which(args.tool if args.tool != "py-spy" else "true"):
         parser.error(f"{args.tool} is not installed")
-    run.raise_nofile()
+    procstat.raise_nofile()
     procs = Processes()
     names = ["bbproxy"] if args.no_baseline else ["bbproxy", "python-ssl"]
     if args.compare:
@@ -272,10 +275,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bbproxy-profile-") as tmp:
         workdir = Path(tmp)
         try:
-            cert = run.make_certs(workdir)[args.cert]
+            cert = common.make_certs(workdir)[args.cert]
             echo_log = workdir / "echo.log"
             echo = procs.start([args.python, str(HERE / "servers.py"), "echo", "--loop", "auto"], echo_log)
-            echo_port = int(run.wait_for_line(echo_log, r"ready (\d+)", echo, 20).group(1))
+            echo_port = int(procstat.wait_for_line(echo_log, r"ready (\d+)", echo, 20).group(1))
             servers = {name: Server(procs, workdir, args, name) for name in names}
             for server in servers.values():
                 server.start(cert, echo_port)
