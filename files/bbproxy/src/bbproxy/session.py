@@ -27,7 +27,7 @@ UNAVAILABLE waits (bounded) for the client's post-TLS stream header and answers 
 ``remote-connection-failed``: a stream error must follow a header that answers the client's
 (RFC 6120 §4.2), or clients such as slixmpp never see it.
 
-TLS runs over ``ssl.MemoryBIO`` on the one plain transport the session has from accept
+TLS runs over ``ssl.MemoryBIO`` (tlsengine.py) on the one plain transport the session has from accept
 to close, instead of ``loop.start_tls()``:
 
 * no hand-off race: a ClientHello that arrives the instant ``<proceed/>`` leaves simply
@@ -45,7 +45,6 @@ Node.js prototype, whose stale close handler aborted its own handshakes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -62,6 +61,7 @@ from .framing import NEED_DATA, PreTlsParser
 from .negotiation import STREAM_CLOSE, Action, Negotiation, stream_error, stream_header
 from .relay import RECV_BUFFER, BackendConnection
 from .routing import ALERT_HANDSHAKE_FAILURE, LEGACY_NOT_ALLOWED, Refusal, Route, route
+from .tlsengine import TlsEngine
 
 if TYPE_CHECKING:
     from .config import Address, Settings
@@ -69,8 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbproxy.session")
 
-# One TLS record carries at most 16 KiB of plaintext.
-READ_SIZE: Final = 16384
 # Splice progress, counted in flights (a run of bytes from one side): the handshake timeout ends
 # when Prosody answers the client's second flight (its first is the ClientHello).
 _SPLICE_HELLO_SENT, _SPLICE_SERVER_SPOKE, _SPLICE_CLIENT_ANSWERED, _SPLICE_DONE = range(4)
@@ -143,12 +141,10 @@ class ClientSession(asyncio.BufferedProtocol):
         "_finished",
         "_half_closed",
         "_hello",
-        "_incoming",
-        "_outgoing",
         "_splice_progress",
-        "_sslobj",
         "_task",
         "_timer",
+        "_tls",
         "_unavailable",
         "_up_at_boundary",
         "backend",
@@ -193,9 +189,7 @@ class ClientSession(asyncio.BufferedProtocol):
         self._splice_progress = _SPLICE_HELLO_SENT
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sslobj: ssl.SSLObject | None = None
-        self._incoming: ssl.MemoryBIO | None = None
-        self._outgoing: ssl.MemoryBIO | None = None
+        self._tls: TlsEngine | None = None  # once this proxy terminates the client's TLS
         self._finished = False
         self._half_closed = False
         # The client's ClientHello while it is being read, then what it offered, until the
@@ -255,8 +249,8 @@ class ClientSession(asyncio.BufferedProtocol):
             self._hello_data(bytes(data))
         elif state is State.SPLICING:
             self._early += data  # a copy; reading is paused while connecting: at most one read
-        elif state is not State.CLOSED and self._incoming is not None and not self._half_closed:
-            self._incoming.write(data)
+        elif state is not State.CLOSED and self._tls is not None and not self._half_closed:
+            self._tls.receive(data)
             if state is State.HANDSHAKE:
                 self._continue_handshake()
             elif state is State.RELAY or state is State.UNAVAILABLE:
@@ -395,10 +389,7 @@ class ClientSession(asyncio.BufferedProtocol):
         self._ctx = None
         self.route = "terminate"
         self.state = State.HANDSHAKE
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._sslobj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._incoming.write(raw)
+        self._tls = TlsEngine(ctx, raw)
         self._continue_handshake()
 
     def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
@@ -416,25 +407,25 @@ class ClientSession(asyncio.BufferedProtocol):
         self._hello = None
 
     def _continue_handshake(self) -> None:
-        assert self._sslobj is not None
+        tls = self._tls
+        assert tls is not None
         try:
-            self._sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush_tls()
-            return
+            done = tls.handshake()
         except (ssl.SSLError, OSError) as exc:
             self._flush_tls()  # the alert tells the client why
             self._log_fingerprint(f"handshake failed ({describe(exc)})")
             self.server.handshake_failed(self, describe(exc))
             self._close(Close.TLS_FAILED, describe(exc))
             return
-        self.tls_version = self._sslobj.version() or "-"
+        if not done:
+            self._flush_tls()
+            return
+        self.tls_version = tls.version
         if self.tls_version in _LEGACY_VERSIONS and not self.server.legacy_allowed(self.peer_ip):
             # The ClientHello looked modern (or could not be read) and OpenSSL still settled on
             # TLS < 1.2: the allow-list is about what is negotiated, not what the client claims.
             # Our last flight (its Finished) is dropped, so the client never completes.
-            assert self._outgoing is not None
-            self._outgoing.read()
+            tls.data_to_send()
             what = (
                 f"legacy TLS refused after negotiating {self.tls_version}: address not in tls.legacy_networks"
             )
@@ -442,8 +433,7 @@ class ClientSession(asyncio.BufferedProtocol):
             return
         self._flush_tls()  # last flight, TLS 1.3 session tickets
         self._cancel_timer()
-        cipher = self._sslobj.cipher()
-        self.cipher = cipher[0] if cipher else "-"
+        self.cipher = tls.cipher
         if self.tls_version in _LEGACY_VERSIONS:
             self._log_fingerprint(f"legacy client {self.tls_version}", legacy=True)
         self._hello = None
@@ -453,14 +443,12 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def _read_tls(self) -> None:
         """Decrypt everything buffered and relay it to the backend, in one write."""
-        sslobj = self._sslobj
-        assert sslobj is not None
+        tls = self._tls
+        assert tls is not None
         plain: list[bytes] = []  # the records' plaintext: one write (writev) for all of them
         while self.state is State.RELAY or self.state is State.UNAVAILABLE:
             try:
-                chunk = sslobj.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
+                chunk = tls.read()
             except ssl.SSLZeroReturnError:
                 self._relay_up(plain)
                 self._close(Close.CLIENT_EOF)
@@ -469,9 +457,11 @@ class ClientSession(asyncio.BufferedProtocol):
                 self._relay_up(plain)
                 self._close(Close.TLS_ERROR, describe(exc))
                 return
+            if chunk is None:
+                break
             if self.state is State.UNAVAILABLE:
                 self._unavailable_data(chunk)
-            elif not chunk:  # close_notify: over a MemoryBIO, read() returns b"" for it
+            elif not chunk:  # the client's close_notify
                 self._relay_up(plain)
                 self._half_close(Close.CLIENT_CLOSE_NOTIFY)
                 return
@@ -506,15 +496,17 @@ class ClientSession(asyncio.BufferedProtocol):
         self._timer = self.server.loop.call_later(grace, self._close, kind)
 
     def _flush_tls(self) -> None:
-        if self._outgoing is not None and self._outgoing.pending and self.transport is not None:
-            self.transport.write(self._outgoing.read())
+        if self._tls is not None and self.transport is not None:
+            data = self._tls.data_to_send()
+            if data:
+                self.transport.write(data)
 
     def _send_tls(self, data: bytes | memoryview, flush: bool = True) -> None:
         """Encrypt ``data`` for the client; ``flush=False`` when _close() follows and sends it
         together with our close_notify, in one write."""
-        assert self._sslobj is not None
+        assert self._tls is not None
         try:
-            self._sslobj.write(data)
+            self._tls.write(data)
         except (ssl.SSLError, OSError) as exc:
             self._close(Close.TLS_ERROR, describe(exc))
             return
@@ -737,9 +729,8 @@ class ClientSession(asyncio.BufferedProtocol):
             self._task.cancel()
         if self.backend is not None:
             self.backend.close()  # flushes what the client sent before it left
-        if tls_up and self._sslobj is not None:
-            with contextlib.suppress(ssl.SSLError, OSError):
-                self._sslobj.unwrap()  # queue our close_notify
+        if tls_up and self._tls is not None:
+            self._tls.close()  # queue our close_notify
             self._flush_tls()
         if self.transport is not None:
             self.transport.close()  # flushes what is queued, then closes
