@@ -85,7 +85,7 @@ _REFUSALS: Final = {
 
 
 class Listener(Protocol):
-    """The listener a session came in on (server.Listener)."""
+    """The listener a session came in on (listeners.Listener)."""
 
     @property
     def starttls(self) -> bool: ...
