@@ -2,10 +2,10 @@
 
 A terminated session's records are decrypted by the session's TLS engine (tlsengine.py) and
 :meth:`Relay.client_records` sends their plaintext to Prosody in one write; Prosody's bytes arrive
-in :meth:`BackendConnection.buffer_updated` and :meth:`Relay.from_backend` encrypts them for the
-client. Backpressure goes both ways (a slow side stops the other's reading). The backend
-connection is opened only after the client's TLS is up, in one bounded connect (:meth:`Relay._open`),
-with a PROXY protocol header first if ``send_proxy_protocol`` says so.
+in backend.py's BackendConnection and :meth:`Relay.from_backend` encrypts them for the client.
+Backpressure goes both ways (a slow side stops the other's reading). The backend connection is
+opened only after the client's TLS is up, in one bounded connect (:meth:`Relay._open`), with a
+PROXY protocol header first if ``send_proxy_protocol`` says so.
 
 A spliced session (``tls.routing = "legacy-only"``, a modern ClientHello) is relayed still
 encrypted to Prosody's own direct-TLS port, the ClientHello replayed first, so Prosody terminates
@@ -29,83 +29,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final
 
-from . import proxy_protocol
+from .backend import BackendConnection, proxy_header
 from .closing import Close, CloseReason, describe
 from .framing import NEED_DATA, PreTlsParser
+from .host import RelayHost, State
 from .negotiation import STREAM_CLOSE, stream_error, stream_header
-from .states import State
 
 if TYPE_CHECKING:
-    from .config import Address, Settings
-    from .tlsengine import TlsEngine
+    from .config import Address
 
 # The session's logger: the relay's lines are the session's (same name, same format as ever).
 log = logging.getLogger("bbproxy.session")
 
-# Every socket of this process reads into this one buffer (BufferedProtocol): a read is consumed
-# (decrypted, encrypted, or copied) before the loop reads again, so one buffer serves all
-# sessions, and relayed bytes skip the per-read bytes object a plain Protocol gets.
-RECV_BUFFER: Final = memoryview(bytearray(256 * 1024))
 _GT: Final = 0x3E  # ">"
 # Splice progress, counted in flights (a run of bytes from one side): the handshake timeout ends
 # when Prosody answers the client's second flight (its first is the ClientHello).
 _SPLICE_HELLO_SENT, _SPLICE_SERVER_SPOKE, _SPLICE_CLIENT_ANSWERED, _SPLICE_DONE = range(4)
-
-
-class RelayServer(Protocol):
-    """What the relay needs of the server (server.ProxyServer, through the session)."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    def backend_failed(self) -> None: ...
-
-
-class RelayHost(Protocol):
-    """What the relay needs of its session (session.ClientSession)."""
-
-    state: State
-    close_reason: CloseReason | None
-
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
-
-    @property
-    def tls(self) -> TlsEngine | None: ...
-
-    @property
-    def server(self) -> RelayServer: ...
-
-    @property
-    def conn_id(self) -> int: ...
-
-    @property
-    def domain(self) -> str | None: ...
-
-    def arm_timer(self, delay: float, callback: Callable[..., object], *args: Any) -> None:
-        """Replace the session's one timer."""
-
-    def cancel_timer(self) -> None: ...
-
-    def start_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` for the session; cancelled if the session closes first."""
-
-    def flush_tls(self) -> None: ...
-
-    def spliced(self) -> None:
-        """Prosody's TLS port took the ClientHello: the handshake is Prosody's."""
-
-    def terminate(self, raw: bytes) -> None:
-        """Prosody's TLS port is down: terminate the TLS that starts with ``raw`` here."""
-
-    def end(self, kind: Close, detail: str = "") -> None:
-        """Close the session (once; the first reason is the one logged)."""
 
 
 class Relay:
@@ -344,20 +285,10 @@ class Relay:
         self.backend = backend
         session.state = State.RELAY
         if settings.send_proxy_protocol != "off":
-            backend.write(self._proxy_header(settings.send_proxy_protocol))
+            backend.write(proxy_header(session.transport, settings.send_proxy_protocol))
         self.read_tls()  # records that arrived while connecting
         if session.state is State.RELAY and session.transport is not None:
             session.transport.resume_reading()
-
-    def _proxy_header(self, version: str) -> bytes:
-        """PROXY protocol header naming the client, so Prosody logs and limits the real address."""
-        transport = self.session.transport
-        assert transport is not None
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        src = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        dst = (str(local[0]), int(local[1])) if local else ("", 0)
-        return proxy_protocol.encode(version, src, dst)
 
     def splice(self, raw: bytes) -> None:
         """A modern client under ``legacy-only`` (SPLICING): connect to Prosody's TLS port and
@@ -433,77 +364,3 @@ class Relay:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()  # flushes what the client sent before it left
-
-
-class BackendConnection(asyncio.BufferedProtocol):
-    """The plaintext connection to Prosody, opened only after the client's TLS is up."""
-
-    __slots__ = ("_closed", "_eof_sent", "client", "transport")
-
-    def __init__(self, client: Relay) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self._closed = False
-        self._eof_sent = False  # after write_eof() a transport refuses write()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return RECV_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.client.from_backend(RECV_BUFFER[:nbytes])
-
-    def eof_received(self) -> bool:
-        self.client.backend_closed(Close.BACKEND_CLOSED)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        if exc is not None:
-            self.client.backend_closed(Close.BACKEND_ERROR, describe(exc))
-        else:
-            self.client.backend_closed(Close.BACKEND_CLOSED)
-
-    def pause_writing(self) -> None:
-        # Prosody is slower than the client: stop reading the client until it drains.
-        transport = self.client.transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        transport = self.client.transport
-        if transport is not None and not transport.is_closing() and self.client.relaying():
-            transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed and not self._eof_sent:
-            self.transport.write(data)
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        if self.transport is not None and not self._closed and not self._eof_sent:
-            self.transport.writelines(chunks)
-
-    def write_eof(self) -> None:
-        if (
-            self.transport is not None
-            and not self._closed
-            and not self._eof_sent
-            and self.transport.can_write_eof()
-        ):
-            self._eof_sent = True
-            self.transport.write_eof()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None and not self._closed:
-            self._closed = True
-            self.transport.close()

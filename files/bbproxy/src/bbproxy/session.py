@@ -1,15 +1,10 @@
 """One client connection: pre-TLS dialogue, TLS handshake, then a relay to a NEW backend connection.
 
 The session orchestrates: it is the client's asyncio protocol, speaks the pre-TLS dialogue
-(negotiation.py), reads and routes the ClientHello (clienthello.py, routing.py), runs the handshake
-on its TLS engine (tlsengine.py), then hands the connection to its relay (relay.py), which opens
-the backend connection and moves every byte after TLS. Its states and their order: states.py.
-
-HELLO reads the client's ClientHello (sans-IO, bounded in bytes and by the handshake
-timeout) before any TLS state exists, and routes on it (issue 7): a legacy client (highest
-offered version below TLS 1.2) gets this proxy's TLS and the plaintext backend; with
-``tls.routing = "legacy-only"`` everyone else is spliced, still encrypted, to Prosody's own
-direct-TLS port (relay.py says how).
+(negotiation.py), then hands the connection to its handshake (handshake.py: the ClientHello read
+and routed, our TLS engine run), then to its relay (relay.py), which opens the backend connection
+and moves every byte after TLS. It owns the one transport, the one timer, the close and the log
+line. Its states and their order: host.py.
 
 TLS runs over ``ssl.MemoryBIO`` (tlsengine.py) on the one plain transport the session has from accept
 to close, instead of ``loop.start_tls()``:
@@ -25,7 +20,6 @@ to close, instead of ``loop.start_tls()``:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import ssl
@@ -34,13 +28,12 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from . import logsink
-from .clienthello import TLS_1_2, ClientHello, ClientHelloError, ClientHelloParser, ClientHelloRefused
+from .backend import RECV_BUFFER, BackendConnection
 from .closing import Close, CloseReason, describe
-from .fingerprints import identify
+from .handshake import Handshake
+from .host import State
 from .negotiation import Action, Negotiation, stream_error, stream_header
-from .relay import RECV_BUFFER, BackendConnection, Relay
-from .routing import ALERT_HANDSHAKE_FAILURE, LEGACY_NOT_ALLOWED, Refusal, Route, route
-from .states import State
+from .relay import Relay
 from .tlsengine import TlsEngine
 
 if TYPE_CHECKING:
@@ -50,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bbproxy.session")
 
 _ids = itertools.count(1)
-_LEGACY_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1"})
 # Why a connection is refused at accept -> the stream error that says so (RFC 6120 §4.9.3).
 _REFUSALS: Final = {
     "max-connections": ("resource-constraint", "the server is full, try again later"),
@@ -98,14 +90,13 @@ class ClientSession(asyncio.BufferedProtocol):
     """The client side; owns the TLS state and, once it exists, the backend side."""
 
     __slots__ = (
-        "_ctx",
         "_finished",
-        "_hello",
         "_task",
         "_timer",
         "cipher",
         "close_reason",
         "conn_id",
+        "handshake",
         "listener",
         "negotiation",
         "peer",
@@ -136,15 +127,12 @@ class ClientSession(asyncio.BufferedProtocol):
         self.cipher = "-"
         self.close_reason: CloseReason | None = None  # the first reason the session ended for
         self.route = "-"  # "terminate", "passthrough" or "refused", once the ClientHello is read
-        self._ctx: ssl.SSLContext | None = None  # chosen at STARTTLS; used if we terminate
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self.handshake: Handshake | None = None  # from the first byte of TLS on
         self.tls: TlsEngine | None = None  # once this proxy terminates the client's TLS
         self.relay: Relay | None = None  # once TLS is up (ours, or Prosody's through a splice)
         self._finished = False
-        # The client's ClientHello while it is being read, then what it offered, until the
-        # handshake ends: legacy and failed handshakes are logged with a fingerprint.
-        self._hello: ClientHelloParser | ClientHello | str | None = None
 
     @property
     def bytes_up(self) -> int:
@@ -181,7 +169,7 @@ class ClientSession(asyncio.BufferedProtocol):
             if self.listener.starttls:  # direct TLS cannot say why before a handshake
                 condition, text = _REFUSALS.get(refused, _REFUSALS["max-connections"])
                 self.transport.write(stream_header(None) + stream_error(condition, text))
-            self._close(Close.REFUSED, refused)
+            self.end(Close.REFUSED, refused)
             return
         if self.listener.starttls:
             self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
@@ -208,7 +196,8 @@ class ClientSession(asyncio.BufferedProtocol):
         elif state is State.PRE_TLS:
             self._pre_tls_data(bytes(data))
         elif state is State.HELLO:
-            self._hello_data(bytes(data))
+            assert self.handshake is not None
+            self.handshake.hello_data(bytes(data))
         elif state is State.SPLICING:
             assert self.relay is not None
             self.relay.client_early(data)
@@ -216,7 +205,8 @@ class ClientSession(asyncio.BufferedProtocol):
             assert self.tls is not None
             self.tls.receive(data)
             if state is State.HANDSHAKE:
-                self._continue_handshake()
+                assert self.handshake is not None
+                self.handshake.step()
             else:
                 # Records that arrive while the backend connects wait here, still encrypted,
                 # and reading stops until it is up: at most one read's worth, nothing grows.
@@ -229,14 +219,14 @@ class ClientSession(asyncio.BufferedProtocol):
             assert self.relay is not None
             self.relay.half_close(Close.CLIENT_EOF)
             return True  # keep our write side open for the backend's answer
-        self._close(Close.CLIENT_EOF)
+        self.end(Close.CLIENT_EOF)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            self._close(Close.CLIENT_ERROR, describe(exc))
+            self.end(Close.CLIENT_ERROR, describe(exc))
         else:
-            self._close(Close.CLIENT_CLOSED)
+            self.end(Close.CLIENT_CLOSED)
         self._finish()
 
     def pause_writing(self) -> None:
@@ -260,145 +250,49 @@ class ClientSession(asyncio.BufferedProtocol):
             self._begin_tls(self.server.contexts.for_domain(self.negotiation.domain))
         elif outcome.action is Action.CLOSE:
             reason = CloseReason.of_negotiation(outcome.reason)
-            self._close(reason.kind, reason.detail)
+            self.end(reason.kind, reason.detail)
 
     def _on_timeout(self) -> None:
         self._timer = None
         if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
-            self._close(Close.PRE_TLS_TIMEOUT)
+            self.end(Close.PRE_TLS_TIMEOUT)
         elif self.state in (State.HELLO, State.HANDSHAKE, State.SPLICING):
-            self._log_fingerprint("handshake timed out")
-            self.server.handshake_failed(self, "timeout")
-            self._close(Close.TLS_FAILED, "timeout")
+            assert self.handshake is not None
+            self.handshake.log_fingerprint("handshake timed out")
+            self.handshake_failed("timeout")
+            self.end(Close.TLS_FAILED, "timeout")
         elif self.state is State.SPLICE:
             # Prosody's handshake, not ours (not a handshake failure of this proxy's TLS), but
             # the client stalled in it: no session may sit in a handshake without a deadline.
-            self._close(Close.TLS_FAILED, "timeout (passed through)")
+            self.end(Close.TLS_FAILED, "timeout (passed through)")
 
     # -- TLS -------------------------------------------------------------------------------
 
     def _begin_tls(self, ctx: ssl.SSLContext) -> None:
         """Wait for the ClientHello; no TLS state exists until it is routed."""
         self.state = State.HELLO
-        self._ctx = ctx
         # After <starttls/> the client's XML whitespace (go-sendxmpp's newline) is not TLS.
-        self._hello = ClientHelloParser(skip_whitespace=self.listener.starttls)
+        self.handshake = Handshake(self, ctx, skip_whitespace=self.listener.starttls)
         self.tls_started = time.monotonic()
         self._timer = self.server.loop.call_later(
             self.server.settings.limits.handshake_timeout, self._on_timeout
         )
 
-    def _hello_data(self, data: bytes) -> None:
-        parser = self._hello
-        assert isinstance(parser, ClientHelloParser)
-        try:
-            hello = parser.feed(data)
-        except ClientHelloRefused as exc:
-            self._hello = str(exc)
-            self._refuse(Refusal(ALERT_HANDSHAKE_FAILURE, "fragmented-hello", "handshake refused", str(exc)))
-            return
-        except ClientHelloError as exc:
-            if not parser.buffered:  # only whitespace, and too much of it: no TLS to answer
-                self.server.handshake_failed(self, "not-tls")
-                self._close(Close.TLS_FAILED, str(exc))
-                return
-            # Not ours to judge: OpenSSL answers it with the right alert, and it is logged. (The
-            # legacy allow-list still holds: the negotiated version is checked after the handshake.)
-            # Both policies in one context (no hello read, no class): a device is not lost to a
-            # parser limit, and only a client's own unreadable hello can get it there.
-            assert self._ctx is not None
-            self._ctx = self.server.contexts.choose(self._ctx, None, legacy_chain=False)
-            self._hello = f"unparsable ClientHello ({exc})"
-            self._terminate(parser.buffered)
-            return
-        if hello is not None:
-            self._hello = hello
-            self._route(hello, parser.buffered)
+    # -- what the handshake and the relay use (host.HandshakeHost, host.RelayHost) -----------
 
-    def _route(self, hello: ClientHello, raw: bytes) -> None:
-        """Carry out routing.route()'s decision for this ClientHello."""
-        decision = route(hello, self.server.settings.tls, lambda: self.server.legacy_allowed(self.peer_ip))
-        # Which TLS policy, should we terminate (here or after a failed splice): legacy only
-        # for a hello that cannot use the modern one; the legacy chain for legacy clients.
-        assert self._ctx is not None
-        self._ctx = self.server.contexts.choose(self._ctx, hello, legacy_chain=decision.legacy)
-        if decision.refusal is not None:
-            self._refuse(decision.refusal, legacy=decision.legacy)
-        elif decision.route is Route.TERMINATE:
-            self._terminate(raw)
-        else:
-            self._splice(raw)
+    def handshake_failed(self, reason: str) -> None:
+        self.server.handshake_failed(self, reason)
 
-    def _refuse(self, refusal: Refusal, legacy: bool = False) -> None:
-        """End the handshake with a fatal alert (before any TLS state exists, or before our last
-        flight) and a fingerprint line."""
-        assert self.transport is not None
-        self.route = "refused"
-        # The line first: whoever sees the alert (an operator's test client) finds it logged.
-        self._log_fingerprint(refusal.what, legacy=legacy)
-        self.transport.write(refusal.alert)
-        self.server.handshake_failed(self, refusal.failure)
-        self._close(Close.TLS_REFUSED, refusal.reason)
-
-    def _terminate(self, raw: bytes) -> None:
-        """Our own TLS: replay what was read into a fresh SSLObject and go on from there."""
-        ctx = self._ctx
-        assert ctx is not None
-        self._ctx = None
-        self.route = "terminate"
-        self.state = State.HANDSHAKE
-        self.tls = TlsEngine(ctx, raw)
-        self._continue_handshake()
-
-    def _log_fingerprint(self, what: str, legacy: bool = False) -> None:
-        """The fingerprint line, once per session; a legacy hello (offered, or negotiated with
-        ``legacy``) is also counted by family, whatever became of it."""
-        hello = self._hello
-        if isinstance(hello, ClientHello):
-            who = identify(hello)
-            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, who.summary)
-            if legacy or hello.max_version < TLS_1_2:
-                outcome = "refused" if self.route == "refused" else "served" if legacy else "failed"
-                self.server.legacy_client(hello.family(who.name), outcome)
-        elif isinstance(hello, str):
-            logsink.info(log, "conn=%d %s: %s", self.conn_id, what, hello)
-        self._hello = None
-
-    def _continue_handshake(self) -> None:
-        tls = self.tls
-        assert tls is not None
-        try:
-            done = tls.handshake()
-        except (ssl.SSLError, OSError) as exc:
-            self.flush_tls()  # the alert tells the client why
-            self._log_fingerprint(f"handshake failed ({describe(exc)})")
-            self.server.handshake_failed(self, describe(exc))
-            self._close(Close.TLS_FAILED, describe(exc))
-            return
-        if not done:
-            self.flush_tls()
-            return
-        self.tls_version = tls.version
-        if self.tls_version in _LEGACY_VERSIONS and not self.server.legacy_allowed(self.peer_ip):
-            # The ClientHello looked modern (or could not be read) and OpenSSL still settled on
-            # TLS < 1.2: the allow-list is about what is negotiated, not what the client claims.
-            # Our last flight (its Finished) is dropped, so the client never completes.
-            tls.data_to_send()
-            what = (
-                f"legacy TLS refused after negotiating {self.tls_version}: address not in tls.legacy_networks"
-            )
-            self._refuse(dataclasses.replace(LEGACY_NOT_ALLOWED, what=what), legacy=True)
-            return
-        self.flush_tls()  # last flight, TLS 1.3 session tickets
-        self.cancel_timer()
-        self.cipher = tls.cipher
-        if self.tls_version in _LEGACY_VERSIONS:
-            self._log_fingerprint(f"legacy client {self.tls_version}", legacy=True)
-        self._hello = None
+    def tls_up(self) -> None:
+        """Our handshake is complete: the relay connects to the backend."""
         self.server.handshake_done(self)
         self.state = State.CONNECTING
         self._relay().connect()
+
+    def terminate(self, raw: bytes) -> None:
+        assert self.handshake is not None
+        self.handshake.terminate(raw)
 
     def flush_tls(self) -> None:
         if self.tls is not None and self.transport is not None:
@@ -406,7 +300,7 @@ class ClientSession(asyncio.BufferedProtocol):
             if data:
                 self.transport.write(data)
 
-    def _splice(self, raw: bytes) -> None:
+    def splice(self, raw: bytes) -> None:
         self.route = "passthrough"
         self.state = State.SPLICING
         self._relay().splice(raw)
@@ -417,8 +311,6 @@ class ClientSession(asyncio.BufferedProtocol):
         if self.relay is None:
             self.relay = Relay(self)
         return self.relay
-
-    # -- what the relay uses (relay.RelayHost) ----------------------------------------------
 
     def arm_timer(self, delay: float, callback: Callable[..., object], *args: Any) -> None:
         self._timer = self.server.loop.call_later(delay, self._fire, callback, args)
@@ -432,14 +324,9 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def spliced(self) -> None:
         self.tls_version = "passthrough"
-        self._hello = None
+        assert self.handshake is not None
+        self.handshake.passed_through()
         self.server.handshake_done(self)
-
-    def terminate(self, raw: bytes) -> None:
-        self._terminate(raw)
-
-    def end(self, kind: Close, detail: str = "") -> None:
-        self._close(kind, detail)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -452,7 +339,7 @@ class ClientSession(asyncio.BufferedProtocol):
         elif self.state is State.RELAY:
             assert self.relay is not None
             self.relay.end_streams(condition, text)
-        self._close(Close.SERVER_SHUTDOWN)
+        self.end(Close.SERVER_SHUTDOWN)
 
     def _finish(self) -> None:
         """Release the connection slot and write the one log line, exactly once."""
@@ -465,16 +352,16 @@ class ClientSession(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _close(self, kind: Close, detail: str = "") -> None:
+    def end(self, kind: Close, detail: str = "") -> None:
         """End the session (once); the first reason given is the one logged and counted."""
         if self.state is State.CLOSED:
             return
         reason = CloseReason(kind, detail)
-        if self.state is State.HANDSHAKE and self._hello is not None:
+        if self.state is State.HANDSHAKE and self.handshake is not None and self.handshake.unlogged:
             # The client hung up in the middle of our handshake (a device that does not trust
             # the certificate often just leaves): a failed handshake, logged with its fingerprint.
-            self._log_fingerprint(f"handshake abandoned ({reason})")
-            self.server.handshake_failed(self, "eof")
+            self.handshake.log_fingerprint(f"handshake abandoned ({reason})")
+            self.handshake_failed("eof")
         self.close_reason = self.close_reason or reason
         tls_up = self.state in (State.CONNECTING, State.RELAY, State.UNAVAILABLE)
         self.state = State.CLOSED
