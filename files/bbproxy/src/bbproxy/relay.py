@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .backend import BackendConnection, proxy_header
@@ -245,13 +246,28 @@ class Relay:
 
     # -- connecting -----------------------------------------------------------------------
 
-    async def _open(self, address: Address) -> BackendConnection:
-        """A new connection to Prosody (plaintext port, or its TLS port for a splice), bounded."""
-        server = self.session.server
-        async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
-            _, backend = await server.loop.create_connection(
-                lambda: BackendConnection(self), address.host, address.port
-            )
+    async def _open(
+        self, address: Address, waiting: State, failed: Callable[[Exception], None]
+    ) -> BackendConnection | None:
+        """The one bounded connect to Prosody (plaintext port, or its TLS port for a splice),
+        made while the session is ``waiting``. None if it failed (``failed`` is told why, if the
+        session still waits) or the client left meanwhile (the late connection is closed)."""
+        session = self.session
+        server = session.server
+        try:
+            async with asyncio.timeout(server.settings.limits.backend_connect_timeout):
+                _, backend = await server.loop.create_connection(
+                    lambda: BackendConnection(self), address.host, address.port
+                )
+        except asyncio.CancelledError:
+            return None
+        except (OSError, TimeoutError) as exc:
+            if session.state is waiting:
+                failed(exc)
+            return None
+        if session.state is not waiting:  # the client left while we were connecting
+            backend.close()
+            return None
         return backend
 
     def connect(self) -> None:
@@ -261,26 +277,8 @@ class Relay:
     async def _connect_backend(self) -> None:
         session = self.session
         settings = session.server.settings
-        try:
-            backend = await self._open(settings.backend)
-        except asyncio.CancelledError:
-            return
-        except (OSError, TimeoutError) as exc:
-            if session.state is State.CONNECTING:
-                session.server.backend_failed()
-                log.warning(
-                    "conn=%d backend %s unavailable: %s", session.conn_id, settings.backend, describe(exc)
-                )
-                session.close_reason = CloseReason(Close.BACKEND_UNAVAILABLE, describe(exc))
-                session.state = State.UNAVAILABLE
-                self._unavailable = PreTlsParser(settings.limits.pre_tls_max_bytes)
-                session.arm_timer(settings.limits.pre_tls_timeout, self._refuse_unavailable)
-                self.read_tls()  # the client's header may be here already
-                if session.state is State.UNAVAILABLE and session.transport is not None:
-                    session.transport.resume_reading()
-            return
-        if session.state is not State.CONNECTING:  # the client left while we were connecting
-            backend.close()
+        backend = await self._open(settings.backend, State.CONNECTING, self._backend_unavailable)
+        if backend is None:
             return
         self.backend = backend
         session.state = State.RELAY
@@ -288,6 +286,20 @@ class Relay:
             backend.write(proxy_header(session.transport, settings.send_proxy_protocol))
         self.read_tls()  # records that arrived while connecting
         if session.state is State.RELAY and session.transport is not None:
+            session.transport.resume_reading()
+
+    def _backend_unavailable(self, exc: Exception) -> None:
+        """UNAVAILABLE: wait (bounded) for the client's stream header, to answer it."""
+        session = self.session
+        settings = session.server.settings
+        session.server.backend_failed()
+        log.warning("conn=%d backend %s unavailable: %s", session.conn_id, settings.backend, describe(exc))
+        session.close_reason = CloseReason(Close.BACKEND_UNAVAILABLE, describe(exc))
+        session.state = State.UNAVAILABLE
+        self._unavailable = PreTlsParser(settings.limits.pre_tls_max_bytes)
+        session.arm_timer(settings.limits.pre_tls_timeout, self._refuse_unavailable)
+        self.read_tls()  # the client's header may be here already
+        if session.state is State.UNAVAILABLE and session.transport is not None:
             session.transport.resume_reading()
 
     def splice(self, raw: bytes) -> None:
@@ -301,29 +313,8 @@ class Relay:
 
     async def _connect_splice(self) -> None:
         session = self.session
-        address = session.server.settings.tls.backend
-        try:
-            backend = await self._open(address)
-        except asyncio.CancelledError:
-            return
-        except (OSError, TimeoutError) as exc:
-            if session.state is State.SPLICING:
-                # Never worse than terminate-all: do the TLS here and relay in plaintext.
-                session.server.backend_failed()
-                log.warning(
-                    "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
-                    session.conn_id,
-                    address,
-                    describe(exc),
-                )
-                early, self._early = self._early, b""
-                session.terminate(early)
-                transport = session.transport
-                if transport is not None and not transport.is_closing():
-                    transport.resume_reading()
-            return
-        if session.state is not State.SPLICING:  # the client left while we were connecting
-            backend.close()
+        backend = await self._open(session.server.settings.tls.backend, State.SPLICING, self._splice_failed)
+        if backend is None:
             return
         # The handshake timer goes on: the handshake is Prosody's now, but until it is under way
         # (see from_backend) a stalled client is still ours to end.
@@ -335,6 +326,22 @@ class Relay:
         backend.write(early)
         if session.transport is not None:
             session.transport.resume_reading()
+
+    def _splice_failed(self, exc: Exception) -> None:
+        """Never worse than terminate-all: do the TLS here and relay in plaintext."""
+        session = self.session
+        session.server.backend_failed()
+        log.warning(
+            "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
+            session.conn_id,
+            session.server.settings.tls.backend,
+            describe(exc),
+        )
+        early, self._early = self._early, b""
+        session.terminate(early)
+        transport = session.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # -- UNAVAILABLE ----------------------------------------------------------------------
 
