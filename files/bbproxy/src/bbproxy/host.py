@@ -1,8 +1,8 @@
 """What the pieces of a session need of each other, and the states they move it through.
 
-The session (session.py) orchestrates; its handshake (handshake.py) and its relay (relay.py) act
-for it through :class:`HandshakeHost` and :class:`RelayHost`, so none of them imports another's
-class.
+The server (server.py) is a :class:`SessionHost` to each session; the session (session.py)
+orchestrates, and its handshake (handshake.py) and its relay (relay.py) act for it through
+:class:`HandshakeHost` and :class:`RelayHost`, so none of them imports another's class.
 
 Life of a STARTTLS session (a direct-TLS session starts at HELLO)::
 
@@ -26,13 +26,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .closing import Close, CloseReason
     from .config import Settings
     from .tls import TlsContexts
     from .tlsengine import TlsEngine
+
+# The server's side of the contract is typed with the session class (session.ClientSession) as a
+# parameter, so that this module does not import it.
+_Session = TypeVar("_Session", contravariant=True)
 
 
 class State(Enum):
@@ -45,6 +49,40 @@ class State(Enum):
     SPLICING = 7
     SPLICE = 8
     CLOSED = 9
+
+
+class Listener(Protocol):
+    """The listener a session came in on (listeners.Listener)."""
+
+    @property
+    def starttls(self) -> bool: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class SessionHost(Protocol[_Session]):
+    """What a session needs of the server it belongs to (server.ProxyServer): settings, the loop,
+    the TLS contexts, admission and the accounting calls. Nothing else of the server is used."""
+
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    contexts: TlsContexts
+    domains: frozenset[str]
+
+    def admit(self, session: _Session) -> str | None: ...
+
+    def release(self, session: _Session) -> None: ...
+
+    def legacy_allowed(self, ip: str) -> bool: ...
+
+    def legacy_client(self, family: str, outcome: str = "served") -> None: ...
+
+    def handshake_done(self, session: _Session) -> None: ...
+
+    def handshake_failed(self, session: _Session, reason: str) -> None: ...
+
+    def backend_failed(self) -> None: ...
 
 
 class RelayServer(Protocol):

@@ -25,20 +25,16 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from . import logsink
 from .backend import RECV_BUFFER, BackendConnection
 from .closing import Close, CloseReason, describe
 from .handshake import Handshake
-from .host import State
+from .host import Listener, SessionHost, State
 from .negotiation import Action, Negotiation, stream_error, stream_header
 from .relay import Relay
 from .tlsengine import TlsEngine
-
-if TYPE_CHECKING:
-    from .config import Settings
-    from .tls import TlsContexts
 
 log = logging.getLogger("bbproxy.session")
 
@@ -52,42 +48,9 @@ _REFUSALS: Final = {
 }
 
 
-class Listener(Protocol):
-    """The listener a session came in on (listeners.Listener)."""
-
-    @property
-    def starttls(self) -> bool: ...
-
-    @property
-    def name(self) -> str: ...
-
-
-class SessionHost(Protocol):
-    """What a session needs of the server it belongs to (server.ProxyServer): settings, the loop,
-    the TLS contexts, admission and the accounting calls. Nothing else of the server is used."""
-
-    settings: Settings
-    loop: asyncio.AbstractEventLoop
-    contexts: TlsContexts
-    domains: frozenset[str]
-
-    def admit(self, session: ClientSession) -> str | None: ...
-
-    def release(self, session: ClientSession) -> None: ...
-
-    def legacy_allowed(self, ip: str) -> bool: ...
-
-    def legacy_client(self, family: str, outcome: str = "served") -> None: ...
-
-    def handshake_done(self, session: ClientSession) -> None: ...
-
-    def handshake_failed(self, session: ClientSession, reason: str) -> None: ...
-
-    def backend_failed(self) -> None: ...
-
-
 class ClientSession(asyncio.BufferedProtocol):
-    """The client side; owns the TLS state and, once it exists, the backend side."""
+    """One client connection from accept to close: its transport, timer, close and log line; the
+    pre-TLS dialogue here, the rest in its Handshake and then its Relay."""
 
     __slots__ = (
         "_finished",
@@ -112,7 +75,7 @@ class ClientSession(asyncio.BufferedProtocol):
         "transport",
     )
 
-    def __init__(self, server: SessionHost, listener: Listener) -> None:
+    def __init__(self, server: SessionHost[ClientSession], listener: Listener) -> None:
         self.server = server
         self.listener = listener
         self.conn_id = next(_ids)
@@ -173,7 +136,7 @@ class ClientSession(asyncio.BufferedProtocol):
             return
         if self.listener.starttls:
             self.negotiation = Negotiation(server.domains, limits.pre_tls_max_bytes)
-            self._timer = server.loop.call_later(limits.pre_tls_timeout, self._on_timeout)
+            self.arm_timer(limits.pre_tls_timeout, self._on_timeout)
         else:
             self._begin_tls(server.contexts.default)
 
@@ -253,7 +216,6 @@ class ClientSession(asyncio.BufferedProtocol):
             self.end(reason.kind, reason.detail)
 
     def _on_timeout(self) -> None:
-        self._timer = None
         if self.state is State.PRE_TLS and self.transport is not None and self.negotiation is not None:
             self.transport.write(self.negotiation.refuse("connection-timeout", "no <starttls/> in time"))
             self.end(Close.PRE_TLS_TIMEOUT)
@@ -275,9 +237,7 @@ class ClientSession(asyncio.BufferedProtocol):
         # After <starttls/> the client's XML whitespace (go-sendxmpp's newline) is not TLS.
         self.handshake = Handshake(self, ctx, skip_whitespace=self.listener.starttls)
         self.tls_started = time.monotonic()
-        self._timer = self.server.loop.call_later(
-            self.server.settings.limits.handshake_timeout, self._on_timeout
-        )
+        self.arm_timer(self.server.settings.limits.handshake_timeout, self._on_timeout)
 
     # -- what the handshake and the relay use (host.HandshakeHost, host.RelayHost) -----------
 
@@ -313,6 +273,7 @@ class ClientSession(asyncio.BufferedProtocol):
         return self.relay
 
     def arm_timer(self, delay: float, callback: Callable[..., object], *args: Any) -> None:
+        """The session's one timer (pre-TLS, handshake, backend answer, half-close), replaced."""
         self._timer = self.server.loop.call_later(delay, self._fire, callback, args)
 
     def _fire(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
