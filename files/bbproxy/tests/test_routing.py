@@ -291,7 +291,7 @@ def test_direct_tls_listener_routes_too(loop_name: str, certs: Certs) -> None:
         prosody = TlsEcho(certs.prosody_ctx)
         async with routed_proxy(certs, await prosody.start(), routing="legacy-only") as (server, _, _plain):
             # The proxy fixture listens with STARTTLS only; add a direct-TLS listener on the side.
-            from bbproxy.server import Listener, open_socket
+            from bbproxy.listeners import Listener, open_socket
             from bbproxy.session import ClientSession
 
             listener = Listener(Address("127.0.0.1", 0), starttls=False)

@@ -12,7 +12,8 @@ import trustme
 
 from bbproxy import notify
 from bbproxy.config import Address
-from bbproxy.server import ListenError, ProxyServer, adopt_sockets, load_contexts
+from bbproxy.listeners import ListenError, adopt_sockets
+from bbproxy.server import ProxyServer, load_contexts
 from bbproxy.tls import CertPair
 
 from . import test_server

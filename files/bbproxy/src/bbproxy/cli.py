@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from . import __version__, fingerprints, logsink, memory, notify
 from .certificates import CertificateError
 from .config import build_parser, settings_from_args
+from .listeners import ListenError, adopt_sockets
 from .metrics import Metrics, MetricsUnavailable, NullMetrics
-from .server import ListenError, adopt_sockets, load_contexts, run
+from .server import load_contexts, run
 from .settings import ConfigError, Settings
 from .workers import Supervisor
 
