@@ -83,32 +83,34 @@ def _cipher_list_span(body: bytes) -> tuple[int, int]:
 
 
 def with_cipher_order(hello_records: bytes, order: list[int]) -> bytes:
-    """A real ClientHello with its cipher suites reordered (``order``: indexes into its list).
+    """A real ClientHello with its cipher suites reordered (``order``: indexes into its list, each
+    at most once; leaving some out drops those suites).
 
-    Same suites, same length, another JA3: what a client varying its order to make up fresh
-    fingerprints sends.
+    Another order is another JA3; another set of suites is also another JA4: what a client
+    making up fresh fingerprints sends.
     """
     message = handshake_message(hello_records)
     body = message[4:]
     start, end = _cipher_list_span(body)
     suites = [body[i : i + 2] for i in range(start, end, 2)]
-    assert sorted(order) == list(range(len(suites))), "order must be a permutation of the suites"
-    body = body[:start] + b"".join(suites[i] for i in order) + body[end:]
-    return as_records(message[:4] + body, version=hello_records[1:3])
+    assert len(set(order)) == len(order) and set(order) <= set(range(len(suites))), "indexes, once each"
+    chosen = b"".join(suites[i] for i in order)
+    body = body[: start - 2] + len(chosen).to_bytes(2, "big") + chosen + body[end:]
+    return as_records(message[:1] + len(body).to_bytes(3, "big") + body, version=hello_records[1:3])
 
 
 def ja3_churn(hello_records: bytes, count: int, seed: int = 0) -> list[bytes]:
-    """``count`` distinct reorderings of a real ClientHello: ``count`` distinct JA3 hashes."""
+    """``count`` variants of a real ClientHello, each with a shuffled proper subset of its suites:
+    ``count`` distinct JA3 hashes and, since the sets differ too, JA4s that no table names."""
     body = handshake_message(hello_records)[4:]
     start, end = _cipher_list_span(body)
     suites = (end - start) // 2
-    assert math.factorial(suites) > count * 4, f"{suites} suites cannot make {count} orders"
+    assert math.factorial(suites - 1) > count * 4, f"{suites} suites cannot make {count} orders"
     rng = random.Random(seed)
-    orders: set[tuple[int, ...]] = {tuple(range(suites))}  # never the original itself
+    orders: set[tuple[int, ...]] = set()
     hellos = []
     while len(hellos) < count:
-        order = list(range(suites))
-        rng.shuffle(order)
+        order = rng.sample(range(suites), suites - 1 - rng.randrange(suites // 2))  # never all of them
         if tuple(order) not in orders:
             orders.add(tuple(order))
             hellos.append(with_cipher_order(hello_records, order))

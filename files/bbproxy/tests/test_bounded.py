@@ -18,7 +18,7 @@ import trustme
 from bbproxy.clienthello import ClientHelloParser
 from bbproxy.config import Address, Limits, Settings, TlsPolicy
 from bbproxy.fingerprints import identify
-from bbproxy.metric_labels import LEGACY_REFUSED
+from bbproxy.metric_labels import LEGACY_REFUSED, LEGACY_SERVED, LEGACY_UNKNOWN
 from bbproxy.metrics import Metrics
 from bbproxy.metrics_http import render
 from bbproxy.routing import ALERT_PROTOCOL_VERSION
@@ -45,11 +45,11 @@ def ca_and_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, C
     return ca, CertPair(cert, key)
 
 
-def legacy_series(metrics: Metrics) -> dict[str, float]:
+def legacy_series(metrics: Metrics) -> dict[tuple[str, str], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     return {
-        sample.labels["family"]: sample.value
+        (sample.labels["family"], sample.labels["outcome"]): sample.value
         for family in text_string_to_metric_families(render(metrics).decode())
         if family.name == "bbproxy_legacy_clients"
         for sample in family.samples
@@ -102,8 +102,9 @@ def test_ja3_churn_from_a_refused_address_leaves_legacy_families_bounded(
             answers = await asyncio.gather(*(one(h) for h in churn))
             assert all(a == ALERT_PROTOCOL_VERSION for a in answers), "a churned hello was not refused"
             await until(lambda: not server.sessions, "the refused sessions to end")
-            assert server.stats.legacy_families == {LEGACY_REFUSED: CHURN}
-            assert legacy_series(metrics) == {LEGACY_REFUSED: CHURN}
+            refused = (LEGACY_UNKNOWN, LEGACY_REFUSED)
+            assert server.stats.legacy_families == {refused: CHURN}
+            assert legacy_series(metrics) == {refused: CHURN}
 
             # A real device, from the allowed address, still gets a series of its own.
             _, writer = await asyncio.open_connection(
@@ -112,8 +113,9 @@ def test_ja3_churn_from_a_refused_address_leaves_legacy_families_bounded(
             assert writer.get_extra_info("ssl_object").version() == "TLSv1"
             writer.close()
             await until(lambda: not server.sessions, "the device's session to end")
-            assert server.stats.legacy_families == {LEGACY_REFUSED: CHURN, device_family: 1}
-            assert legacy_series(metrics) == {LEGACY_REFUSED: CHURN, device_family: 1}
+            served = (device_family, LEGACY_SERVED)
+            assert server.stats.legacy_families == {refused: CHURN, served: 1}
+            assert legacy_series(metrics) == {refused: CHURN, served: 1}
         finally:
             server.request_stop()
             await server.serve_until_stopped()

@@ -29,8 +29,10 @@ from bbproxy.metric_labels import (
     HANDSHAKE_FAILURE_REASONS,
     LEGACY_FAILED,
     LEGACY_REFUSED,
+    LEGACY_SERVED,
+    LEGACY_UNKNOWN,
     MAX_CIPHERS,
-    MAX_FAMILIES,
+    MAX_LEGACY_SERIES,
     MAX_LISTENERS,
     OTHER,
     REFUSE_REASONS,
@@ -343,15 +345,16 @@ def test_listeners_and_ciphers_are_capped(metrics: Metrics) -> None:
     assert sum(v for (name, _), v in samples.items() if name == "bbproxy_connections_accepted_total") == 1000
 
 
-def test_legacy_families_are_capped_and_refused_ones_take_no_place(metrics: Metrics) -> None:
-    for i in range(1000):
-        metrics.legacy_client(LEGACY_REFUSED)
-        metrics.legacy_client(f"TLSv1/{i:032x}")
+def test_the_recorder_guards_the_legacy_families_it_is_given(metrics: Metrics) -> None:
+    """The server bounds the families (test_bounded.py); the recorder still caps what it is handed."""
+    for i in range(MAX_LEGACY_SERIES + 100):
+        metrics.legacy_client(f"TLSv1/unknown:{i:036x}", LEGACY_SERVED)
+    metrics.legacy_client(LEGACY_UNKNOWN, LEGACY_REFUSED)
     samples = scrape(metrics)
     families = label_values(samples, "bbproxy_legacy_clients_total", "family")
-    assert len(families) == MAX_FAMILIES + 2 and {"other", LEGACY_REFUSED} <= families
-    assert value(samples, "bbproxy_legacy_clients_total", family=LEGACY_REFUSED) == 1000
-    assert value(samples, "bbproxy_legacy_clients_total", family=f"TLSv1/{0:032x}") == 1
+    assert len(families) == MAX_LEGACY_SERIES + 2 and {"other", LEGACY_UNKNOWN} <= families
+    assert value(samples, "bbproxy_legacy_clients_total", family="other", outcome=LEGACY_SERVED) == 100
+    assert value(samples, "bbproxy_legacy_clients_total", family=LEGACY_UNKNOWN, outcome=LEGACY_REFUSED) == 1
 
 
 # -- the interface -------------------------------------------------------------------------
@@ -557,5 +560,13 @@ def test_the_doc_names_every_metric_and_label_value(metrics: Metrics) -> None:
     histogram = "bbproxy_handshake_duration_seconds"
     assert named - exposed <= {histogram + "_bucket"}, "the doc names a metric that does not exist"
     words = REFUSE_REASONS | HANDSHAKE_FAILURE_REASONS | ROUTES | CLOSE_REASONS
-    for word in words | {LEGACY_REFUSED, LEGACY_FAILED, OTHER, "client_to_backend", "backend_to_client"}:
+    for word in words | {
+        LEGACY_SERVED,
+        LEGACY_REFUSED,
+        LEGACY_FAILED,
+        LEGACY_UNKNOWN,
+        OTHER,
+        "client_to_backend",
+        "backend_to_client",
+    }:
         assert f"`{word}`" in doc, word

@@ -150,7 +150,8 @@ def test_legacy_only_terminates_tls10_clients_itself(loop_name: str, certs: Cert
             await echo(reader, writer, b"<presence/>")
             assert prosody.connections == 0 and len(plain.writers) == 1
             assert server.stats.routes == {"terminate": 1}
-            (family,) = server.stats.legacy_families
+            ((family, outcome),) = server.stats.legacy_families
+            assert outcome == "served"
             # Python's TLS 1.0 hello is OpenSSL 3.0's, which our own captures name (slixmpp and
             # s_client held at TLS 1.0: integration/test_client_fingerprints.py).
             assert family == "TLSv1/openssl-3.0-tls1.0+1"

@@ -136,7 +136,7 @@ class Handshake:
             logsink.info(log, "conn=%d %s: %s", session.conn_id, what, who.summary)
             if legacy or hello.max_version < TLS_1_2:
                 outcome = "refused" if session.route == "refused" else "served" if legacy else "failed"
-                session.server.legacy_client(hello.family(who.name), outcome)
+                session.server.legacy_client(hello.family(who.name), outcome, who.known)
         elif isinstance(hello, str):
             logsink.info(log, "conn=%d %s: %s", session.conn_id, what, hello)
         self._hello = None

@@ -69,10 +69,16 @@ HANDSHAKE_FAILURE_REASONS: Final = frozenset(_HANDSHAKE_FAILURES.values()) | {"c
 _LABEL_VALUE_RE: Final = re.compile(r"[\w.:/\[\]@+-]{1,64}\Z", re.ASCII)
 MAX_LISTENERS: Final = 32
 MAX_CIPHERS: Final = 64
-MAX_FAMILIES: Final = 64  # distinct legacy ClientHello fingerprints with their own series
-# The families of every refused and every failed legacy ClientHello: neither gets a series of its own.
+# bbproxy_legacy_clients_total{family, outcome}. A family named by the fingerprint table has its own
+# series whatever the outcome (the table is finite: clients cannot mint names). An unnamed one has its
+# own series only for a served handshake, and only the first MAX_FAMILIES of them; a refused or failed
+# unnamed hello costs the client no handshake, so it counts under "unknown" (the log line has it).
+MAX_FAMILIES: Final = 64
+MAX_LEGACY_SERIES: Final = 1024  # the recorder's own guard, far above what the server hands it
+LEGACY_SERVED: Final = "served"
 LEGACY_REFUSED: Final = "refused"
 LEGACY_FAILED: Final = "failed"
+LEGACY_UNKNOWN: Final = "unknown"
 ROUTES: Final = frozenset({"terminate", "passthrough", "refused"})
 
 # Buckets for handshake durations: a LAN handshake takes ~1 ms, a BlackBerry on a slow

@@ -28,20 +28,16 @@ from .closing import Close
 from .metric_labels import (
     DURATION_BUCKETS,
     DURATION_LABELS,
+    LEGACY_UNKNOWN,
     MAX_CIPHERS,
+    MAX_LEGACY_SERIES,
     MAX_LISTENERS,
+    FirstValues,
     handshake_failure_reason,
     refuse_reason,
     tls_route,
     tls_version,
 )
-
-# Re-exported (`X as X`): server.py imports these from here.
-from .metric_labels import LEGACY_FAILED as LEGACY_FAILED
-from .metric_labels import LEGACY_REFUSED as LEGACY_REFUSED
-from .metric_labels import MAX_FAMILIES as MAX_FAMILIES
-from .metric_labels import FirstValues as FirstValues
-from .metrics_http import serve as serve
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -91,9 +87,9 @@ class Recorder(Protocol):
     def routed(self, listener: str, route: str) -> None:
         """A ClientHello was routed: our TLS (terminate), Prosody's (passthrough), or refused."""
 
-    def legacy_client(self, family: str) -> None:
-        """A legacy handshake completed (``TLSv1/<family>``), was refused (``refused``) or failed
-        (``failed``)."""
+    def legacy_client(self, family: str, outcome: str) -> None:
+        """A legacy hello (``TLSv1/<family>``, or ``unknown``) was ``served``, ``refused`` or
+        ``failed``; the caller bounds the families (metric_labels.MAX_FAMILIES)."""
 
     def handshake_failed(self, listener: str, reason: str) -> None:
         """A TLS handshake failed; ``reason`` is the OpenSSL reason or ``timeout``."""
@@ -125,7 +121,7 @@ class NullMetrics(Recorder):
     def routed(self, listener: str, route: str) -> None:
         pass
 
-    def legacy_client(self, family: str) -> None:
+    def legacy_client(self, family: str, outcome: str) -> None:
         pass
 
     def handshake_failed(self, listener: str, reason: str) -> None:
@@ -188,8 +184,8 @@ class Metrics(Recorder):
         self._listeners = FirstValues(MAX_LISTENERS)
         self._ciphers = FirstValues(MAX_CIPHERS)
         self._routes: dict[tuple[str, str], int] = {}
-        self._legacy_clients: dict[str, int] = {}
-        self._family_labels = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
+        self._legacy_clients: dict[tuple[str, str], int] = {}
+        self._family_labels = FirstValues(MAX_LEGACY_SERIES, (LEGACY_UNKNOWN,))
         self.registry: CollectorRegistry = CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -214,8 +210,8 @@ class Metrics(Recorder):
         key = (self._listeners(listener), tls_route(route))
         self._routes[key] = self._routes.get(key, 0) + 1
 
-    def legacy_client(self, family: str) -> None:
-        key = self._family_labels(family)
+    def legacy_client(self, family: str, outcome: str) -> None:
+        key = (self._family_labels(family), outcome)
         self._legacy_clients[key] = self._legacy_clients.get(key, 0) + 1
 
     def handshake_failed(self, listener: str, reason: str) -> None:
@@ -287,10 +283,10 @@ class Metrics(Recorder):
         )
         yield counter(
             "bbproxy_legacy_clients",
-            "Legacy (below TLS 1.2) handshakes by highest version/fingerprint family (or unknown:<JA4>); "
-            "every refused one as 'refused', every failed one as 'failed'.",
-            ("family",),
-            (((k,), v) for k, v in self._legacy_clients.items()),
+            "Legacy (below TLS 1.2) hellos by highest version/fingerprint family and outcome (served, "
+            "refused, failed); unnamed ones as TLSv1/unknown:<JA4> if served, else as 'unknown'.",
+            ("family", "outcome"),
+            self._legacy_clients.items(),
         )
         duration = HistogramMetricFamily(
             "bbproxy_handshake_duration_seconds", "Time to complete a TLS handshake.", labels=()

@@ -14,23 +14,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
 
 from . import fingerprints, memory, notify
 from .closing import Close
 from .config import Address, Settings
 from .limits import PerIpLimiter, covers_everything, in_networks
 from .listeners import Listener, ListenError, bind
-from .metrics import (
-    LEGACY_FAILED,
-    LEGACY_REFUSED,
-    MAX_FAMILIES,
-    FirstValues,
-    LiveTotals,
-    Metrics,
-    NullMetrics,
-)
-from .metrics import serve as serve_metrics
+from .metric_labels import LEGACY_SERVED, LEGACY_UNKNOWN, MAX_FAMILIES, FirstValues
+from .metrics import LiveTotals, Metrics, NullMetrics
+from .metrics_http import serve as serve_metrics
 from .session import ClientSession
 from .tls import CertificateError, TlsContexts
 
@@ -51,9 +43,9 @@ class Stats:
     backend_failures: int = 0
     handshakes: Counter[str] = field(default_factory=Counter)
     routes: Counter[str] = field(default_factory=Counter)  # terminate / passthrough / refused
-    # "TLSv1/<ja3>" of completed legacy handshakes (the first MAX_FAMILIES, then "other"), and
-    # "refused" for every refused one: bounded, however many fingerprints clients make up.
-    legacy_families: Counter[str] = field(default_factory=Counter)
+    # (family, outcome) of legacy hellos, bounded however many fingerprints clients make up:
+    # ProxyServer.legacy_client.
+    legacy_families: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def load_contexts(settings: Settings) -> TlsContexts:
@@ -61,10 +53,6 @@ def load_contexts(settings: Settings) -> TlsContexts:
     return TlsContexts.load(
         s.domains, s.cert, s.certificates, s.min_tls, s.tls.legacy_plain_rsa, s.tls.legacy_cert
     )
-
-
-# The legacy outcomes that count without a family of their own (ProxyServer.legacy_client).
-_UNNAMED_OUTCOMES: Final = {"refused": LEGACY_REFUSED, "failed": LEGACY_FAILED}
 
 
 class ProxyServer:
@@ -98,7 +86,7 @@ class ProxyServer:
         self._legacy_everywhere = covers_everything(settings.tls.legacy_networks)
         self.sessions: set[ClientSession] = set()
         self.stats = Stats()
-        self._legacy_family = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
+        self._unnamed_family = FirstValues(MAX_FAMILIES, (LEGACY_UNKNOWN,))
         self._servers: list[asyncio.base_events.Server] = []
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -133,14 +121,20 @@ class ProxyServer:
         """Whether a client at ``ip`` may use TLS below 1.2 (tls.legacy_networks)."""
         return self._legacy_everywhere or in_networks(ip, self.settings.tls.legacy_networks)
 
-    def legacy_client(self, family: str, outcome: str = "served") -> None:
-        """A legacy handshake was ``served``, ``refused`` or ``failed``. Only a served one counts
-        under its family (the first MAX_FAMILIES of them): a refusal or a hello abandoned
-        half-way costs the client no handshake, so its fingerprint earns no entry; those count as
-        ``refused`` and ``failed`` (the log lines and ``bbproxy census`` have them by name)."""
-        key = _UNNAMED_OUTCOMES.get(outcome) or self._legacy_family(family)
-        self.stats.legacy_families[key] += 1
-        self.metrics.legacy_client(key)
+    def legacy_client(self, family: str, outcome: str, named: bool) -> None:
+        """A legacy hello (``family`` is ``TLSv1/<name>``) was ``served``, ``refused`` or
+        ``failed``. A family the fingerprint table names counts as itself, whatever the outcome:
+        the table is finite. An unnamed one counts as itself only when served, and only the first
+        MAX_FAMILIES of them; a refused or failed unnamed hello cost the client no handshake, so it
+        earns no series and counts as ``unknown`` (its log line and ``bbproxy census`` have it)."""
+        if named:
+            key = family
+        elif outcome == LEGACY_SERVED:
+            key = self._unnamed_family(family)
+        else:
+            key = LEGACY_UNKNOWN
+        self.stats.legacy_families[key, outcome] += 1
+        self.metrics.legacy_client(key, outcome)
 
     def handshake_done(self, session: ClientSession) -> None:
         """TLS is up: ours (terminate), or handed to Prosody's TLS port (passthrough)."""

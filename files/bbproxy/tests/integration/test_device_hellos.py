@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -313,10 +314,18 @@ def test_every_device_is_logged_by_its_family_name_and_counted(
     assert sorted(logged) == sorted(expected.values())
     with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    # A replayed hello never completes: every legacy one is a failed legacy handshake, counted as
-    # "failed" (a family's own series needs a completed handshake: test_bounded.py).
-    legacy = sum(
-        1 for d in devices if (h := ClientHelloParser().feed(d.hello)) is not None and h.max_version < 0x0303
-    )
-    failed = re.search(r'^bbproxy_legacy_clients_total\{family="failed"\} (\S+)$', text, re.MULTILINE)
-    assert failed is not None and float(failed.group(1)) == legacy, text[-2000:]
+    # A replayed hello never completes: every legacy one is a failed legacy handshake, counted
+    # under its family name (every testssl.sh client is named, so none is "unknown").
+    legacy: Counter[str] = Counter()
+    for device in devices:
+        hello = ClientHelloParser().feed(device.hello)
+        if hello is not None and hello.max_version < 0x0303:
+            legacy[hello.family(expected[device.name])] += 1
+    counted = {
+        family: float(count)
+        for family, count in re.findall(
+            r'^bbproxy_legacy_clients_total\{family="([^"]+)",outcome="failed"\} (\S+)$', text, re.MULTILINE
+        )
+    }
+    assert legacy and counted == legacy, text[-3000:]
+    assert counted["TLSv1/java-7u25"] >= 1 and "unknown" not in counted

@@ -537,7 +537,7 @@ def scenario_hostile(env: Env) -> dict[str, Any]:
     }
 
 
-def _legacy_families(metrics_port: int) -> dict[str, float]:
+def _legacy_families(metrics_port: int) -> dict[tuple[str, str], float]:
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -545,7 +545,7 @@ def _legacy_families(metrics_port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
-        sample.labels["family"]: sample.value
+        (sample.labels["family"], sample.labels["outcome"]): sample.value
         for family in text_string_to_metric_families(text)
         if family.name == "bbproxy_legacy_clients"
         for sample in family.samples
@@ -595,13 +595,14 @@ def ja3_churn(env: Env) -> dict[str, Any]:
     finally:
         stop_process(proxy.proc)
         proxy.stopped = True
-    device = [name for name in families if name.startswith("TLSv1/")]
+    device = [name for name, outcome in families if name.startswith("TLSv1/") and outcome == "served"]
+    refused = ("unknown", "refused")
     passed = (
         alerted == count
-        and families_after_churn == {"refused": count}
+        and families_after_churn == {refused: count}
         and device_version == "TLSv1"
         and len(device) == 1
-        and families.get("refused") == count
+        and families.get(refused) == count
         and len(families) == 2
     )
     return {
