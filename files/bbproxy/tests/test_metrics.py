@@ -23,6 +23,7 @@ import pytest
 
 from bbproxy import __version__, metrics_http
 from bbproxy.closing import Close, CloseReason
+from bbproxy.expiry import CHAINS
 from bbproxy.metric_labels import (
     CLOSE_REASONS,
     DURATION_BUCKETS,
@@ -41,6 +42,7 @@ from bbproxy.metric_labels import (
 )
 from bbproxy.metrics import (
     UNAVAILABLE_MESSAGE,
+    CertExpiry,
     LiveTotals,
     Metrics,
     MetricsUnavailable,
@@ -48,6 +50,7 @@ from bbproxy.metrics import (
     Recorder,
 )
 from bbproxy.metrics_http import MAX_SCRAPERS, render, serve
+from bbproxy.x509 import KEY_TYPES, OTHER_KEY
 
 from .helpers import run
 
@@ -205,6 +208,31 @@ def test_bytes_stay_monotonic_when_a_session_closes(metrics: Metrics) -> None:
     assert value(after, "bbproxy_connections_active") == 0
     metrics.closed(Close.CLIENT_EOF, bytes_up=-5, bytes_down=-5)  # never makes a counter go down
     assert value(scrape(metrics), "bbproxy_relayed_bytes_total", direction="client_to_backend") == 300
+
+
+def test_certificate_gauges_hold_the_last_dates_given(metrics: Metrics) -> None:
+    leaf = "bbproxy_certificate_expiry_timestamp_seconds"
+    link = "bbproxy_certificate_chain_expiry_timestamp_seconds"
+    assert not [key for key in scrape(metrics) if key[0] in (leaf, link)]  # nothing before the first load
+    metrics.certificates(
+        (
+            CertExpiry("default", "", "rsa", 1_900_000_000.0, 1_800_000_000.0),
+            CertExpiry("domain", "chat.example.net", "ecdsa", 1_850_000_000.0, 1_850_000_000.0),
+            CertExpiry("legacy", "", "rsa", 1_830_000_000.0, 1_832_976_000.0),
+        )
+    )
+    samples = scrape(metrics)
+    assert value(samples, leaf, chain="default", domain="", key_type="rsa") == 1_900_000_000
+    assert value(samples, link, chain="default", domain="", key_type="rsa") == 1_800_000_000
+    assert value(samples, leaf, chain="domain", domain="chat.example.net", key_type="ecdsa") == 1_850_000_000
+    assert value(samples, link, chain="legacy", domain="", key_type="rsa") == 1_832_976_000
+    # A reload replaces the set: a chain no longer served loses its series.
+    metrics.certificates((CertExpiry("default", "", "rsa", 1_950_000_000.0, 1_950_000_000.0),))
+    samples = scrape(metrics)
+    assert value(samples, leaf, chain="default", domain="", key_type="rsa") == 1_950_000_000
+    assert {key for key in samples if key[0] == leaf} == {
+        (leaf, frozenset({("chain", "default"), ("domain", ""), ("key_type", "rsa")}))
+    }
 
 
 def test_each_metrics_has_its_own_registry() -> None:
@@ -382,6 +410,7 @@ def test_null_metrics_does_nothing() -> None:
     null.backend_failed()
     null.closed(Close.CLIENT_EOF, bytes_up=1, bytes_down=2)
     null.set_live_source(LiveTotals)
+    null.certificates((CertExpiry("default", "", "rsa", 1.0, 1.0),))
     assert not hasattr(null, "__dict__")  # no state to grow
 
 
@@ -549,13 +578,14 @@ def test_the_doc_names_every_metric_and_label_value(metrics: Metrics) -> None:
         for family in text_string_to_metric_families(render(metrics).decode())
         if family.name.startswith("bbproxy_")
     }
-    assert len(exposed) == 12
+    assert len(exposed) == 14
     for name in exposed:
         assert f"| `{name}` |" in doc or f"| `{name}{{" in doc, name
     # Metric names, not the role's variables (bbproxy_metrics_listen, ...) the doc also names.
     named = {name for name in re.findall(r"\bbbproxy_[a-z_]+", doc) if not name.startswith("bbproxy_metrics")}
     histogram = "bbproxy_handshake_duration_seconds"
     assert named - exposed <= {histogram + "_bucket"}, "the doc names a metric that does not exist"
-    words = REFUSE_REASONS | HANDSHAKE_FAILURE_REASONS | ROUTES | CLOSE_REASONS
+    words = REFUSE_REASONS | HANDSHAKE_FAILURE_REASONS | ROUTES | CLOSE_REASONS | CHAINS
+    words |= set(KEY_TYPES.values()) | {OTHER_KEY}
     for word in words | {LEGACY_REFUSED, LEGACY_FAILED, OTHER, "client_to_backend", "backend_to_client"}:
         assert f"`{word}`" in doc, word

@@ -2,9 +2,10 @@
 
 Off by default. With ``metrics_listen`` set the proxy creates a :class:`Metrics`, otherwise
 a :class:`NullMetrics` whose methods do nothing; both are a :class:`Recorder`, so the session
-code calls them unconditionally (the interface and the null one: :mod:`bbproxy.recorder`). ``prometheus-client`` is an optional extra
-(``pip install 'bbproxy[metrics]'``); it is imported only when a :class:`Metrics` is created,
-which raises :class:`MetricsUnavailable` if it is missing. This module imports without it.
+code calls them unconditionally (the interface and the null one: :mod:`bbproxy.recorder`).
+``prometheus-client`` is an optional extra (``pip install 'bbproxy[metrics]'``); it is imported
+only when a :class:`Metrics` is created, which raises :class:`MetricsUnavailable` if it is
+missing. This module imports without it.
 
 Cheap on the hot path: the methods add to plain ints and dicts (no locks, no label lookups
 in the client library: 0.5-2 µs a call), once per connection event, never per relayed chunk.
@@ -41,6 +42,7 @@ from .metric_labels import LEGACY_REFUSED as LEGACY_REFUSED
 from .metric_labels import MAX_FAMILIES as MAX_FAMILIES
 from .metric_labels import FirstValues as FirstValues
 from .metrics_http import serve as serve
+from .recorder import CertExpiry as CertExpiry
 from .recorder import LiveTotals as LiveTotals
 from .recorder import NullMetrics as NullMetrics
 from .recorder import Recorder as Recorder
@@ -70,6 +72,7 @@ class Metrics(Recorder):
         "_backend_failures",
         "_bytes_down",
         "_bytes_up",
+        "_certificates",
         "_ciphers",
         "_closed",
         "_duration_buckets",
@@ -108,6 +111,7 @@ class Metrics(Recorder):
         self._routes: dict[tuple[str, str], int] = {}
         self._legacy_clients: dict[str, int] = {}
         self._family_labels = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
+        self._certificates: tuple[CertExpiry, ...] = ()
         self.registry: CollectorRegistry = CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -151,6 +155,9 @@ class Metrics(Recorder):
 
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         self._live = source
+
+    def certificates(self, expiries: tuple[CertExpiry, ...]) -> None:
+        self._certificates = tuple(expiries)
 
     def _families(self, live: LiveTotals | None) -> Iterator[Metric]:
         """Every family; with ``live`` None only their names and types (for describe())."""
@@ -243,10 +250,32 @@ class Metrics(Recorder):
             ("reason",),
             (((k,), v) for k, v in self._closed.items()),
         )
+        for name, doc, field in _CERTIFICATE_GAUGES:
+            gauge = GaugeMetricFamily(name, doc, labels=("chain", "domain", "key_type"))
+            if live is not None:
+                for cert in self._certificates:
+                    gauge.add_metric((cert.chain, cert.domain, cert.key_type), getattr(cert, field))
+            yield gauge
         info = GaugeMetricFamily("bbproxy_build_info", "The running bbproxy version.", labels=("version",))
         if live is not None:
             info.add_metric((self._version,), 1)
         yield info
+
+
+# Timestamps, not days left: a gauge of days would be stale between reloads (it is set then),
+# while `(x - time()) / 86400` in PromQL is always current (docs/metrics.md has the alert).
+_CERTIFICATE_GAUGES: Final = (
+    (
+        "bbproxy_certificate_expiry_timestamp_seconds",
+        "When the leaf certificate of each served chain expires (notAfter, Unix time).",
+        "leaf_not_after",
+    ),
+    (
+        "bbproxy_certificate_chain_expiry_timestamp_seconds",
+        "When the first certificate served in each chain (leaf, intermediate or cross-sign) expires.",
+        "chain_not_after",
+    ),
+)
 
 
 class _Collector:

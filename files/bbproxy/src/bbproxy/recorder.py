@@ -22,6 +22,19 @@ class LiveTotals:
     bytes_down: int = 0  # backend -> client
 
 
+@dataclass(frozen=True, slots=True)
+class CertExpiry:
+    """When one served chain breaks (Unix times), for the certificate gauges; labels from the
+    configuration only: ``chain`` is default, domain or legacy, ``domain`` the name of a
+    ``[certificates."DOMAIN"]`` chain (else empty), ``key_type`` rsa, ecdsa, ... (bbproxy.x509)."""
+
+    chain: str
+    domain: str
+    key_type: str
+    leaf_not_after: float  # the leaf's notAfter
+    chain_not_after: float  # the earliest notAfter of any certificate served with it
+
+
 # -- the interface the proxy calls -------------------------------------------------------
 
 
@@ -59,6 +72,9 @@ class Recorder(Protocol):
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         """Use ``source()`` at scrape time for the sessions still open."""
 
+    def certificates(self, expiries: tuple[CertExpiry, ...]) -> None:
+        """The chains now served (at start and after each reload): replaces the previous ones."""
+
 
 class NullMetrics(Recorder):
     """What the proxy uses when metrics are off: every call does nothing."""
@@ -90,4 +106,7 @@ class NullMetrics(Recorder):
         pass
 
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
+        pass
+
+    def certificates(self, expiries: tuple[CertExpiry, ...]) -> None:
         pass
