@@ -171,9 +171,7 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
     if "expiry_warning_days" in raw:
         days = raw["expiry_warning_days"]
         if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 3650:
-            raise ConfigError(
-                f"tls.expiry_warning_days: expected a whole number from 0 to 3650, got {days!r}"
-            )
+            raise ConfigError(f"tls.expiry_warning_days: expected a number of days, 0-3650, got {days!r}")
         values["expiry_warning_days"] = days
     if "legacy_cert" in raw or "legacy_key" in raw:
         if "legacy_cert" not in raw or "legacy_key" not in raw:
