@@ -167,10 +167,11 @@ def check_config_lines(settings: Settings, now: datetime) -> list[str]:
     """--check-config's account of every served chain, then its problems (as in the log)."""
     chains, errors = read_chains(settings)
     lines = [line for chain in chains for line in describe(chain, now)]
-    warn_days = settings.tls.expiry_warning_days
-    return lines + [
-        f"bbproxy: {line}" for line in (*errors, *(t for _, t in problems(chains, now, warn_days)))
+    found = [
+        f"bbproxy: {logging.getLevelName(level).lower()}: {line}"
+        for level, line in problems(chains, now, settings.tls.expiry_warning_days)
     ]
+    return [*lines, *(f"bbproxy: error: {line}" for line in errors), *found]
 
 
 def watch(settings: Settings, recorder: Recorder, now: datetime) -> tuple[ServedChain, ...]:
