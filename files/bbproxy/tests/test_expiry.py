@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from bbproxy.certificates import CertPair
 from bbproxy.expiry import describe, problems, read_chains, watch
-from bbproxy.recorder import CertExpiry, NullMetrics
+from bbproxy.expiry_metrics import CertExpiry
+from bbproxy.metrics import NullMetrics
 from bbproxy.settings import Address, Settings, TlsPolicy
 from bbproxy.x509 import X509Error, parse_der, parse_pem_chain
 

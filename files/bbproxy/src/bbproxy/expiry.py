@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .certificates import CertChoice, cert_pairs
-from .recorder import CertExpiry, Recorder
+from .expiry_metrics import CertExpiry
 from .settings import Settings
 from .x509 import CertInfo, X509Error, parse_pem_chain
+
+if TYPE_CHECKING:
+    from .metrics import Recorder
 
 log = logging.getLogger("bbproxy")
 

@@ -2,10 +2,9 @@
 
 Off by default. With ``metrics_listen`` set the proxy creates a :class:`Metrics`, otherwise
 a :class:`NullMetrics` whose methods do nothing; both are a :class:`Recorder`, so the session
-code calls them unconditionally (the interface and the null one: :mod:`bbproxy.recorder`).
-``prometheus-client`` is an optional extra (``pip install 'bbproxy[metrics]'``); it is imported
-only when a :class:`Metrics` is created, which raises :class:`MetricsUnavailable` if it is
-missing. This module imports without it.
+code calls them unconditionally. ``prometheus-client`` is an optional extra
+(``pip install 'bbproxy[metrics]'``); it is imported only when a :class:`Metrics` is created,
+which raises :class:`MetricsUnavailable` if it is missing. This module imports without it.
 
 Cheap on the hot path: the methods add to plain ints and dicts (no locks, no label lookups
 in the client library: 0.5-2 µs a call), once per connection event, never per relayed chunk.
@@ -21,9 +20,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
 
-from . import __version__
+from . import __version__, expiry_metrics
 from .closing import Close
 from .metric_labels import (
     DURATION_BUCKETS,
@@ -42,10 +42,6 @@ from .metric_labels import LEGACY_REFUSED as LEGACY_REFUSED
 from .metric_labels import MAX_FAMILIES as MAX_FAMILIES
 from .metric_labels import FirstValues as FirstValues
 from .metrics_http import serve as serve
-from .recorder import CertExpiry as CertExpiry
-from .recorder import LiveTotals as LiveTotals
-from .recorder import NullMetrics as NullMetrics
-from .recorder import Recorder as Recorder
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -59,6 +55,96 @@ class MetricsUnavailable(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__(UNAVAILABLE_MESSAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTotals:
+    """The sessions still open, as the proxy sees them at scrape time."""
+
+    active: int = 0
+    bytes_up: int = 0  # client -> backend, plaintext after TLS
+    bytes_down: int = 0  # backend -> client
+
+
+def _no_live_sessions() -> LiveTotals:
+    return LiveTotals()
+
+
+# -- the interface the proxy calls -------------------------------------------------------
+
+
+class Recorder(Protocol):
+    """What the proxy calls on every connection event; :class:`NullMetrics` and :class:`Metrics`
+    subclass it, so mypy checks that each has every method with this signature."""
+
+    __slots__ = ()
+
+    def accepted(self, listener: str) -> None:
+        """A connection was accepted on ``listener`` (refused ones too)."""
+
+    def refused(self, listener: str, reason: str) -> None:
+        """An accepted connection was turned away at once (limits, shutting down)."""
+
+    def handshake(self, listener: str, version: str, cipher: str, seconds: float) -> None:
+        """A TLS handshake completed after ``seconds``."""
+
+    def routed(self, listener: str, route: str) -> None:
+        """A ClientHello was routed: our TLS (terminate), Prosody's (passthrough), or refused."""
+
+    def legacy_client(self, family: str) -> None:
+        """A legacy handshake completed (``TLSv1/<family>``), was refused (``refused``) or failed
+        (``failed``)."""
+
+    def handshake_failed(self, listener: str, reason: str) -> None:
+        """A TLS handshake failed; ``reason`` is the OpenSSL reason or ``timeout``."""
+
+    def backend_failed(self) -> None:
+        """A connection to the backend failed."""
+
+    def closed(self, reason: Close, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        """A session ended; its bytes move from the live totals to the closed ones."""
+
+    def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
+        """Use ``source()`` at scrape time for the sessions still open."""
+
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
+        """The chains served now (at start and after each reload), replacing the previous ones."""
+
+
+class NullMetrics(Recorder):
+    """What the proxy uses when metrics are off: every call does nothing."""
+
+    __slots__ = ()
+
+    def accepted(self, listener: str) -> None:
+        pass
+
+    def refused(self, listener: str, reason: str) -> None:
+        pass
+
+    def handshake(self, listener: str, version: str, cipher: str, seconds: float) -> None:
+        pass
+
+    def routed(self, listener: str, route: str) -> None:
+        pass
+
+    def legacy_client(self, family: str) -> None:
+        pass
+
+    def handshake_failed(self, listener: str, reason: str) -> None:
+        pass
+
+    def backend_failed(self) -> None:
+        pass
+
+    def closed(self, reason: Close, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        pass
+
+    def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
+        pass
+
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
+        pass
 
 
 class Metrics(Recorder):
@@ -105,13 +191,13 @@ class Metrics(Recorder):
         self._closed: dict[str, int] = {}
         self._bytes_up = 0  # of closed sessions
         self._bytes_down = 0
-        self._live: Callable[[], LiveTotals] = LiveTotals  # no live sessions
+        self._live: Callable[[], LiveTotals] = _no_live_sessions
+        self._certificates: tuple[expiry_metrics.CertExpiry, ...] = ()
         self._listeners = FirstValues(MAX_LISTENERS)
         self._ciphers = FirstValues(MAX_CIPHERS)
         self._routes: dict[tuple[str, str], int] = {}
         self._legacy_clients: dict[str, int] = {}
         self._family_labels = FirstValues(MAX_FAMILIES, (LEGACY_REFUSED, LEGACY_FAILED))
-        self._certificates: tuple[CertExpiry, ...] = ()
         self.registry: CollectorRegistry = CollectorRegistry()
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -156,7 +242,7 @@ class Metrics(Recorder):
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         self._live = source
 
-    def certificates(self, expiries: tuple[CertExpiry, ...]) -> None:
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
         self._certificates = tuple(expiries)
 
     def _families(self, live: LiveTotals | None) -> Iterator[Metric]:
@@ -250,32 +336,11 @@ class Metrics(Recorder):
             ("reason",),
             (((k,), v) for k, v in self._closed.items()),
         )
-        for name, doc, field in _CERTIFICATE_GAUGES:
-            gauge = GaugeMetricFamily(name, doc, labels=("chain", "domain", "key_type"))
-            if live is not None:
-                for cert in self._certificates:
-                    gauge.add_metric((cert.chain, cert.domain, cert.key_type), getattr(cert, field))
-            yield gauge
+        yield from expiry_metrics.families(None if live is None else self._certificates)
         info = GaugeMetricFamily("bbproxy_build_info", "The running bbproxy version.", labels=("version",))
         if live is not None:
             info.add_metric((self._version,), 1)
         yield info
-
-
-# Timestamps, not days left: a gauge of days would be stale between reloads (it is set then),
-# while `(x - time()) / 86400` in PromQL is always current (docs/metrics.md has the alert).
-_CERTIFICATE_GAUGES: Final = (
-    (
-        "bbproxy_certificate_expiry_timestamp_seconds",
-        "When the leaf certificate of each served chain expires (notAfter, Unix time).",
-        "leaf_not_after",
-    ),
-    (
-        "bbproxy_certificate_chain_expiry_timestamp_seconds",
-        "When the first certificate served in each chain (leaf, intermediate or cross-sign) expires.",
-        "chain_not_after",
-    ),
-)
 
 
 class _Collector:
