@@ -146,6 +146,7 @@ def test_tls_policy_defaults_terminate_everyone_and_allow_legacy_from_anywhere()
     assert tls.routing == "terminate-all" and str(tls.backend) == "127.0.0.1:5202"
     assert [str(n) for n in tls.legacy_networks] == ["0.0.0.0/0", "::/0"]
     assert not tls.legacy_ja3 and not tls.legacy_plain_rsa
+    assert tls.expiry_warning_days == 21
 
 
 def test_tls_policy_from_toml_and_flags(tmp_path: Path) -> None:
@@ -156,8 +157,10 @@ backend = "127.0.0.1:5301"
 legacy_networks = ["192.0.2.0/24", "2001:db8::/32"]
 legacy_ja3 = ["0123456789ABCDEF0123456789abcdef"]
 legacy_plain_rsa = true
+expiry_warning_days = 0
 """
     tls = settings(BASE, toml, tmp_path).tls
+    assert tls.expiry_warning_days == 0
     assert tls.routing == "legacy-only" and str(tls.backend) == "127.0.0.1:5301"
     assert [str(n) for n in tls.legacy_networks] == ["192.0.2.0/24", "2001:db8::/32"]
     assert tls.legacy_ja3 == {"0123456789abcdef0123456789abcdef"} and tls.legacy_plain_rsa
@@ -175,6 +178,9 @@ legacy_plain_rsa = true
         ('legacy_ja3 = ["abc"]', "tls.legacy_ja3: 'abc' is not a JA3 hash"),
         ('legacy_plain_rsa = "yes"', "tls.legacy_plain_rsa: expected true or false"),
         ("legacy = true", "tls: unknown key 'legacy'"),
+        ("expiry_warning_days = -1", "tls.expiry_warning_days: expected a number of days, 0-3650, got -1"),
+        ("expiry_warning_days = 2.5", "tls.expiry_warning_days: expected a number of days"),
+        ("expiry_warning_days = true", "tls.expiry_warning_days: expected a number of days"),
         ('routing = "legacy-only"\nbackend = "127.0.0.1:5200"', "not the plaintext backend"),
     ],
 )

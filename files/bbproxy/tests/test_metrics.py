@@ -23,6 +23,8 @@ import pytest
 
 from bbproxy import __version__, metrics_http
 from bbproxy.closing import Close, CloseReason
+from bbproxy.expiry import CHAINS
+from bbproxy.expiry_metrics import CertExpiry
 from bbproxy.metric_labels import (
     CLOSE_REASONS,
     DURATION_BUCKETS,
@@ -50,6 +52,7 @@ from bbproxy.metrics import (
     Recorder,
 )
 from bbproxy.metrics_http import MAX_SCRAPERS, render, serve
+from bbproxy.x509 import KEY_TYPES, OTHER_KEY
 
 from .helpers import run
 
@@ -207,6 +210,31 @@ def test_bytes_stay_monotonic_when_a_session_closes(metrics: Metrics) -> None:
     assert value(after, "bbproxy_connections_active") == 0
     metrics.closed(Close.CLIENT_EOF, bytes_up=-5, bytes_down=-5)  # never makes a counter go down
     assert value(scrape(metrics), "bbproxy_relayed_bytes_total", direction="client_to_backend") == 300
+
+
+def test_certificate_gauges_hold_the_last_dates_given(metrics: Metrics) -> None:
+    leaf = "bbproxy_certificate_expiry_timestamp_seconds"
+    link = "bbproxy_certificate_chain_expiry_timestamp_seconds"
+    assert not [key for key in scrape(metrics) if key[0] in (leaf, link)]  # nothing before the first load
+    metrics.certificates(
+        (
+            CertExpiry("default", "", "rsa", 1_900_000_000.0, 1_800_000_000.0),
+            CertExpiry("domain", "chat.example.net", "ecdsa", 1_850_000_000.0, 1_850_000_000.0),
+            CertExpiry("legacy", "", "rsa", 1_830_000_000.0, 1_832_976_000.0),
+        )
+    )
+    samples = scrape(metrics)
+    assert value(samples, leaf, chain="default", domain="", key_type="rsa") == 1_900_000_000
+    assert value(samples, link, chain="default", domain="", key_type="rsa") == 1_800_000_000
+    assert value(samples, leaf, chain="domain", domain="chat.example.net", key_type="ecdsa") == 1_850_000_000
+    assert value(samples, link, chain="legacy", domain="", key_type="rsa") == 1_832_976_000
+    # A reload replaces the set: a chain no longer served loses its series.
+    metrics.certificates((CertExpiry("default", "", "rsa", 1_950_000_000.0, 1_950_000_000.0),))
+    samples = scrape(metrics)
+    assert value(samples, leaf, chain="default", domain="", key_type="rsa") == 1_950_000_000
+    assert {key for key in samples if key[0] == leaf} == {
+        (leaf, frozenset({("chain", "default"), ("domain", ""), ("key_type", "rsa")}))
+    }
 
 
 def test_each_metrics_has_its_own_registry() -> None:
@@ -385,6 +413,7 @@ def test_null_metrics_does_nothing() -> None:
     null.backend_failed()
     null.closed(Close.CLIENT_EOF, bytes_up=1, bytes_down=2)
     null.set_live_source(LiveTotals)
+    null.certificates((CertExpiry("default", "", "rsa", 1.0, 1.0),))
     assert not hasattr(null, "__dict__")  # no state to grow
 
 
@@ -552,7 +581,7 @@ def test_the_doc_names_every_metric_and_label_value(metrics: Metrics) -> None:
         for family in text_string_to_metric_families(render(metrics).decode())
         if family.name.startswith("bbproxy_")
     }
-    assert len(exposed) == 12
+    assert len(exposed) == 14
     for name in exposed:
         assert f"| `{name}` |" in doc or f"| `{name}{{" in doc, name
     # Metric names, not the role's variables (bbproxy_metrics_listen, ...) the doc also names.
@@ -569,4 +598,10 @@ def test_the_doc_names_every_metric_and_label_value(metrics: Metrics) -> None:
         "client_to_backend",
         "backend_to_client",
     }:
+        assert f"`{word}`" in doc, word
+
+
+def test_the_doc_names_every_certificate_label_value() -> None:
+    doc = DOC.read_text(encoding="utf-8")
+    for word in CHAINS | set(KEY_TYPES.values()) | {OTHER_KEY}:
         assert f"`{word}`" in doc, word

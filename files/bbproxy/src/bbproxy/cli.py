@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
-from . import __version__, fingerprints, logsink, memory, notify
+from . import __version__, expiry, fingerprints, logsink, memory, notify
 from .certificates import CertificateError
 from .config import build_parser, settings_from_args
 from .listeners import ListenError, adopt_sockets
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"bbproxy: configuration OK ({len(settings.domains)} domain(s), TLS >= {settings.min_tls}); "
             + contexts.describe()
         )
+        print("\n".join(expiry.check_config_lines(settings, datetime.now(UTC))))
         return 0
     setup_logging(settings.log_level)
     memory.tune_for_relay()  # before any relay buffer exists; forked workers inherit it

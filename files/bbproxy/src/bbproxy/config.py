@@ -168,6 +168,11 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
         if not isinstance(plain_rsa, bool):
             raise ConfigError(f"tls.legacy_plain_rsa: expected true or false, got {plain_rsa!r}")
         values["legacy_plain_rsa"] = plain_rsa
+    if "expiry_warning_days" in raw:
+        days = raw["expiry_warning_days"]
+        if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 3650:
+            raise ConfigError(f"tls.expiry_warning_days: expected a number of days, 0-3650, got {days!r}")
+        values["expiry_warning_days"] = days
     if "legacy_cert" in raw or "legacy_key" in raw:
         if "legacy_cert" not in raw or "legacy_key" not in raw:
             raise ConfigError("tls.legacy_cert and tls.legacy_key: set both, or neither")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from . import __version__
+from . import __version__, expiry_metrics
 from .closing import Close
 from .metric_labels import (
     DURATION_BUCKETS,
@@ -103,6 +103,9 @@ class Recorder(Protocol):
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         """Use ``source()`` at scrape time for the sessions still open."""
 
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
+        """The chains served now (at start and after each reload), replacing the previous ones."""
+
 
 class NullMetrics(Recorder):
     """What the proxy uses when metrics are off: every call does nothing."""
@@ -136,6 +139,9 @@ class NullMetrics(Recorder):
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         pass
 
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
+        pass
+
 
 class Metrics(Recorder):
     """The real thing: counts in plain ints, exposed through a registry of its own.
@@ -148,6 +154,7 @@ class Metrics(Recorder):
         "_backend_failures",
         "_bytes_down",
         "_bytes_up",
+        "_certificates",
         "_ciphers",
         "_closed",
         "_duration_buckets",
@@ -181,6 +188,7 @@ class Metrics(Recorder):
         self._bytes_up = 0  # of closed sessions
         self._bytes_down = 0
         self._live: Callable[[], LiveTotals] = _no_live_sessions
+        self._certificates: tuple[expiry_metrics.CertExpiry, ...] = ()
         self._listeners = FirstValues(MAX_LISTENERS)
         self._ciphers = FirstValues(MAX_CIPHERS)
         self._routes: dict[tuple[str, str], int] = {}
@@ -229,6 +237,9 @@ class Metrics(Recorder):
 
     def set_live_source(self, source: Callable[[], LiveTotals]) -> None:
         self._live = source
+
+    def certificates(self, expiries: tuple[expiry_metrics.CertExpiry, ...]) -> None:
+        self._certificates = tuple(expiries)
 
     def _families(self, live: LiveTotals | None) -> Iterator[Metric]:
         """Every family; with ``live`` None only their names and types (for describe())."""
@@ -321,6 +332,7 @@ class Metrics(Recorder):
             ("reason",),
             (((k,), v) for k, v in self._closed.items()),
         )
+        yield from expiry_metrics.families(None if live is None else self._certificates)
         info = GaugeMetricFamily("bbproxy_build_info", "The running bbproxy version.", labels=("version",))
         if live is not None:
             info.add_metric((self._version,), 1)

@@ -13,9 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 
-from . import fingerprints, memory, notify
+from . import expiry, fingerprints, memory, notify
 from .closing import Close
 from .config import Address, Settings
 from .limits import PerIpLimiter, covers_everything, in_networks
@@ -94,6 +95,7 @@ class ProxyServer:
         self._peak = 0  # most sessions open at once since the last trim
         self._trim_timer: asyncio.TimerHandle | None = None
         self.trims = 0
+        expiry.watch(settings, self.metrics, datetime.now(UTC))
 
     # -- connection accounting, called by sessions ---------------------------------------
 
@@ -230,6 +232,7 @@ class ProxyServer:
             log.error("reload refused, still serving the previous certificates: %s", exc)
         else:
             log.info("certificates reloaded")
+            expiry.watch(self.settings, self.metrics, datetime.now(UTC))
         try:
             fingerprints.use(fingerprints.load(self.settings.fingerprints))
         except fingerprints.FingerprintTableError as exc:

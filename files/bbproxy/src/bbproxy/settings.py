@@ -89,6 +89,9 @@ class TlsPolicy:
     legacy_plain_rsa: bool = False
     # Certificate(s) for every legacy client, whatever the domain: a chain old devices trust.
     legacy_cert: CertChoice | None = None
+    # A warning in the log at start and reload when a served certificate (leaf, intermediate or
+    # cross-sign) expires within this many days; 0: none (an expired one is always an error).
+    expiry_warning_days: int = 21
 
 
 @dataclass(frozen=True, slots=True)

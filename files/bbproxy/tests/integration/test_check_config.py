@@ -57,7 +57,10 @@ def good_toml(certs: Certs) -> dict[str, Any]:
 def test_good_configuration(certs: Certs) -> None:
     status, lines, output = check(base_args(certs))
     assert status == 0, output
-    assert len(lines) <= 1, output
+    assert lines[0].startswith("bbproxy: configuration OK"), output
+    # Then the served chain: name, leaf, where it ends, weakest link (test_certificate_expiry.py).
+    assert lines[1] == f"default certificate (rsa, {certs.rsa.cert}): 2 certificate(s)", output
+    assert len(lines) == 5, output
 
 
 def test_good_toml_configuration(certs: Certs, tmp_path: Path) -> None:
