@@ -111,7 +111,16 @@ clean-venv:
 # it this says so and the matrix's xmpp.js cells fail with the same hint.
 XMPPJS_VERSION := 0.14.0
 INTEROP_NPM := $(CURDIR)/.interop
-interop-deps: $(INTEROP_NPM)/.xmppjs-$(XMPPJS_VERSION).stamp
+# promtool checks the alert rules in docs/operating.md (test_expiry_alerts.py). It comes from Debian's
+# prometheus package, unpacked here rather than installed: installing would also start a server.
+PROMTOOL := $(INTEROP_NPM)/prometheus/usr/bin/promtool
+
+$(PROMTOOL):
+	@mkdir -p $(INTEROP_NPM)/prometheus
+	cd $(INTEROP_NPM) && rm -f prometheus_*.deb && apt-get download prometheus \
+	  && dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb
+	@test -x $@
+interop-deps: $(INTEROP_NPM)/.xmppjs-$(XMPPJS_VERSION).stamp $(PROMTOOL)
 
 $(INTEROP_NPM)/.xmppjs-$(XMPPJS_VERSION).stamp:
 	@if ! command -v npm >/dev/null; then \
