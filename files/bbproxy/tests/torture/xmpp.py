@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import ssl
+import struct
 import time
 
 from ..kit import STARTTLS, STREAM_ERROR_RE, ScramSha1, stream_header
@@ -45,11 +46,14 @@ class XmppSession:
         *,
         mechanism: str = "PLAIN",
         direct_tls: bool = False,
+        tls_session: ssl.SSLSession | None = None,
     ) -> None:
         if mechanism not in MECHANISMS:
             raise ValueError(f"mechanism: one of {MECHANISMS}")
         self.mechanism = mechanism
         self.direct_tls = direct_tls
+        self.tls_session = tls_session  # offered for resumption; after the handshake, the new one
+        self.resumed = False
         self.port = port
         self.domain = domain
         self.user = user
@@ -132,9 +136,10 @@ class XmppSession:
         self.stage = "tls-handshake"
         try:
             raw.settimeout(max(deadline - time.monotonic(), 0.01))
-            self.sock = self.ctx.wrap_socket(raw, server_hostname=self.domain)
+            tls = self.ctx.wrap_socket(raw, server_hostname=self.domain, session=self.tls_session)
         except (OSError, ssl.SSLError) as exc:
             raise LoginFailed(self.stage, type(exc).__name__) from None
+        self.sock, self.resumed, self.tls_session = tls, tls.session_reused, tls.session
         self.stage = "backend-stream"
         self._send(stream_header(self.domain))
         self._read_until(b"</stream:features>", deadline=deadline)
@@ -232,6 +237,15 @@ class XmppSession:
                 how = f"stream-error:{match.group(1).decode()}" if match else "closed"
                 return how, time.monotonic() - start
             self.buffer += chunk
+
+    def abort(self) -> None:
+        """Reset the connection (SO_LINGER 0): no close_notify, no ``</stream:stream>``, as when
+        the network under a device goes away and its server only sees the reset."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.sock.close()
+            self.sock = None
 
     def close(self) -> None:
         if self.sock is not None:
