@@ -341,15 +341,25 @@ def markdown(report: dict[str, Any]) -> str:
                 theirs = get(other)
                 cells.append(f"{fmt(theirs)} ({fmt(ratio(mine, theirs))})" if theirs is not None else "-")
             head.append(cells)
-        r = ratio(
-            median("saturation", "bbproxy", "cpu_ms_per_login"),
-            median("saturation", "prosody-tls", "cpu_ms_per_login"),
-        )
-        if r is not None:
+        # The target's verdict: bbproxy ÷ Prosody per repeat (the two ran minutes apart at most, so
+        # they saw the same machine), then the median of those ratios.
+        per_repeat = []
+        for repeat in sorted({r.get("repeat") for r in rows if r["mode"] == "saturation"}, key=str):
+            pair = {
+                r["path"]: r["cpu_ms_per_login"]
+                for r in rows
+                if (r["mode"], r["mechanism"], r.get("repeat")) == ("saturation", mech, repeat)
+            }
+            if (q := ratio(pair.get("bbproxy"), pair.get("prosody-tls"))) is not None:
+                per_repeat.append(q)
+        if per_repeat:
+            r = statistics.median(per_repeat)
             verdict = "met" if r <= 1.0 else "**NOT met**"
+            each = ", ".join(fmt(q) for q in per_repeat)
             head.append(
-                [f"{mech}: target whole-path CPU per login ≤ TLS 1.0 inside Prosody", fmt(r), verdict, ""]
-            )
+                [f"{mech}: target whole-path CPU per login ≤ TLS 1.0 inside Prosody (median of the "
+                 f"repeats' ratios: {each})", fmt(r), verdict, ""]
+            )  # fmt: skip
     lines += table(["metric", "bbproxy → Prosody", "Prosody with TLS 1.0", "haproxy → Prosody"], head)
     lines += ["", "## Every run", ""]
     lines += table(
@@ -396,6 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=300, help="seconds for the whole run (default 300)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the .md and .json go")
     parser.add_argument("--keep-workdir", action="store_true", help="keep certs and logs in the temp dir")
+    parser.add_argument("--render", type=Path, help="write the .md of a report's .json again (runs nothing)")
     args = parser.parse_args(argv)
     args.mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -415,6 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return 0
     if shutil.which("prosody") is None or shutil.which("prosodyctl") is None:
         print("login: prosody not installed (apt-get install prosody)", file=sys.stderr)
         return 2
