@@ -34,7 +34,7 @@ APT_PACKAGES := podman runc iptables debootstrap debian-archive-keyring prosody 
 	libstrophe0 go-sendxmpp sendxmpp python3-nbxmpp default-jdk-headless
 # Only for the measurements (peers in the benchmark); `make deps` run through these targets
 # installs them too (target-specific variables reach the prerequisites).
-bench torture security: APT_PACKAGES += haproxy stunnel4
+bench bench-login bench-storm torture security: APT_PACKAGES += haproxy stunnel4
 
 # The published demo ports (127.0.0.1 only). Change them if they are taken: make demo DEMO_PORT=...
 DEMO_PORT ?= 15222
@@ -45,7 +45,7 @@ BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
 	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
-	torture security tlsfuzzer
+	bench-login bench-storm torture security tlsfuzzer
 
 help:
 	@echo "make demo             provision a local container with site.yml and log in with TLS 1.0"
@@ -62,6 +62,8 @@ help:
 	@echo "  make molecule-federation  molecule test: two servers federating over s2s TLS"
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
+	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
+	@echo "make bench-storm      1 000 logged-in sessions reset at once and back, bbproxy vs haproxy, ~2 min"
 	@echo "make torture          floods, hostile input, faults vs a real Prosody, < 10 min (TORTURE_ARGS=--short)"
 	@echo "make security         testssl.sh policy check of a local proxy (docs/security.md), ~2 min"
 	@echo "make tlsfuzzer        tlsfuzzer vs the proxy and openssl s_server, ~2 min (TLSFUZZER_DIR=checkout)"
@@ -264,6 +266,15 @@ demo-clean:
 BENCH_ARGS ?= --quick
 bench: deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Whole logins through a real Prosody and the reconnect storm (issue 19; bench/README.md).
+LOGIN_ARGS ?=
+bench-login: deps venv
+	$(BIN)/python bench/login.py $(LOGIN_ARGS)
+
+STORM_ARGS ?=
+bench-storm: deps venv
+	$(BIN)/python bench/storm.py $(STORM_ARGS)
 
 # Torture run (issue 9): bbproxy in front of a real Prosody on loopback, bounded; the table is
 # written to bench/results/. Its short form runs in `make test` (tests/integration/test_torture_short.py).

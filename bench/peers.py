@@ -298,26 +298,42 @@ class Prosody(ExternalPeer):
     """Prosody itself with TLS 1.0 enabled (what an operator tries first): STARTTLS on c2s, a
     private config, data dir and pidfile in the work dir. It is the real XMPP server, so its
     stream is no echo: sessions end after the TLS handshake (handshake and idle scenarios only).
-    Log level warn (no per-connection lines). Never started without this private --config."""
+    Log level warn (no per-connection lines). Never started without this private --config.
+
+    ``users`` (name -> password), when set before start, are registered with prosodyctl against
+    the same config (the whole-login benchmark, bench/login.py, logs them in)."""
 
     name = "prosody"
     proto = "starttls"
     echoes = False
     binary = "prosody"
     package = "prosody"
+    modules = ("saslauth", "posix")  # + "tls" when Prosody does the TLS; bind is mod_saslauth's
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.users: dict[str, str] = {}
 
     def argv(self, cert: Cert | None) -> list[str]:
-        assert cert is not None
-        home = self.env.workdir / f"prosody-{self.port}"
+        home = self.env.workdir / f"{self.name}-{self.port}"
         for sub in ("data", "certs"):
             (home / sub).mkdir(parents=True, exist_ok=True)
-        ssl_opts = (
-            f'{{ certificate = "{cert.chain}"; key = "{cert.key}"; protocol = "tlsv1+"; '
-            f'ciphers = "{CIPHERS}" }}'
-        )
+        if self.tls:
+            assert cert is not None
+            ssl_opts = (
+                f'{{ certificate = "{cert.chain}"; key = "{cert.key}"; protocol = "tlsv1+"; '
+                f'ciphers = "{CIPHERS}" }}'
+            )
+            modules = ("tls", *self.modules)
+            security = f"c2s_require_encryption = true\nssl = {ssl_opts}"
+            vhost = f"    ssl = {ssl_opts}"
+        else:  # behind a TLS terminator on loopback (bbproxy, haproxy): plaintext c2s
+            modules = self.modules
+            security = "c2s_require_encryption = false\nallow_unencrypted_plain_auth = true"
+            vhost = '    modules_disabled = { "tls" }'
         cfg = self.config_file("cfg.lua")
         cfg.write_text(
-            f"""-- private Prosody for bbproxy's benchmark (bench/run.py): loopback only, c2s only
+            f"""-- private Prosody for bbproxy's benchmark (bench/): loopback only, c2s only
 run_as_root = true
 pidfile = "{home}/prosody.pid"
 data_path = "{home}/data"
@@ -332,19 +348,34 @@ s2s_ports = {{}}
 component_ports = {{}}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "tls"; "saslauth"; "posix" }}
+modules_enabled = {{ {"; ".join(f'"{m}"' for m in modules)} }}
 modules_disabled = {{ "s2s" }}
-c2s_require_encryption = true
+{security}
 authentication = "internal_hashed"
 network_settings = {{ nagle = false }}
 log = {{ warn = "{home}/prosody.log" }}
-ssl = {ssl_opts}
 
 VirtualHost "{DOMAIN}"
-    ssl = {ssl_opts}
+{vhost}
 """
         )
+        for user, password in self.users.items():
+            subprocess.run(
+                ["prosodyctl", "--config", str(cfg), "register", user, DOMAIN, password],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         return [self.binary, "-F", "--config", str(cfg)]
+
+
+class PlainProsody(Prosody):
+    """The same Prosody without TLS (plaintext c2s, PLAIN allowed): the backend of bbproxy and
+    haproxy in the whole-login benchmark, as the role runs it behind bbproxy."""
+
+    name = "prosody-plain"
+    proto = "plain"
+    tls = False
 
 
 EXTERNAL_PEERS: tuple[type[ExternalPeer], ...] = (HAProxy, Stunnel, Prosody)

@@ -228,8 +228,8 @@ def headline(
 NOT_MEASURED = [
     "`--workers 2` handshake throughput >= 1.8x one worker (#8): needs the load generator on another "
     "machine or accounted for; run `--proxy-args '--workers 2'` and compare sessions/s by hand",
-    "a real Prosody behind bbproxy/haproxy/stunnel (#8 deliverable 1): every relay runs in front of the "
-    "loopback echo; Prosody is measured alone (handshake and idle)",
+    "a real Prosody behind bbproxy/haproxy/stunnel (#8 deliverable 1): every relay here runs in front of "
+    "the loopback echo; whole logins through a real Prosody are bench/login.py's (issue 19)",
 ]
 
 

@@ -1,9 +1,10 @@
 """The test kit: what the unit tests, the integration tests, the torture run and the benchmark's
 clients all need, in one place (not a test module).
 
-Stream headers, client TLS contexts, trustme certificates, loopback ports and reading a socket
-until a needle. Standard library and bbproxy only at import time (trustme is imported where the
-certificates are made), so the benchmark's load generator, a stdlib-only subprocess, can use it.
+Stream headers, client TLS contexts, trustme certificates, loopback ports, reading a socket
+until a needle, and the client side of SASL SCRAM-SHA-1. Standard library and bbproxy only at
+import time (trustme is imported where the certificates are made), so the benchmark's load
+generator, a stdlib-only subprocess, can use it.
 
 Scripts under bench/ import it with one line, ``import _path`` (bench/_path.py puts files/bbproxy
 and files/bbproxy/src first on sys.path), then ``from tests.kit import ...``.
@@ -11,8 +12,13 @@ and files/bbproxy/src first on sys.path), then ``from tests.kit import ...``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
+import hashlib
+import hmac
 import re
+import secrets
 import socket
 import ssl
 import time
@@ -47,6 +53,52 @@ def stream_error_condition(data: bytes) -> str | None:
     """The defined condition of the first ``<stream:error/>`` in ``data``."""
     match = STREAM_ERROR_RE.search(data)
     return match.group(1).decode() if match else None
+
+
+# --------------------------------------------------------------------------- SASL SCRAM-SHA-1
+
+
+@functools.lru_cache(maxsize=256)
+def scram_salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+    """Hi(password, salt, i) of RFC 5802: PBKDF2-HMAC-SHA-1. Cached, as RFC 5802 lets a client
+    cache it: a server keeps a user's salt, so a load generator pays for it once per user."""
+    return hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
+
+
+class ScramSha1:
+    """The client side of RFC 5802 SCRAM-SHA-1, sans IO: ``first()`` is the client-first message
+    (for ``<auth>``), ``final(server_first)`` the client-final (for ``<response>``), and
+    ``verify(server_final)`` checks the server's signature (from ``<success>``). Payloads are the
+    raw messages; base64 them for XMPP. ``gs2_header`` and ``cb_data``: channel binding (-PLUS)."""
+
+    def __init__(self, user: str, password: str, *, gs2_header: bytes = b"n,,", cb_data: bytes = b"") -> None:
+        self._password = password
+        self.gs2_header = gs2_header
+        self.cb_data = cb_data
+        self.first_bare = f"n={user},r={secrets.token_urlsafe(18)}".encode()
+        self._auth_message = b""
+        self._salted = b""
+
+    def first(self) -> bytes:
+        return self.gs2_header + self.first_bare
+
+    def final(self, server_first: bytes) -> bytes:
+        attrs = dict(item.split(b"=", 1) for item in server_first.split(b","))
+        if not attrs[b"r"].startswith(self.first_bare.split(b",r=", 1)[1]):
+            raise ValueError("the server's nonce does not extend ours")
+        self._salted = scram_salted_password(self._password, base64.b64decode(attrs[b"s"]), int(attrs[b"i"]))
+        without_proof = b"c=" + base64.b64encode(self.gs2_header + self.cb_data) + b",r=" + attrs[b"r"]
+        self._auth_message = self.first_bare + b"," + server_first + b"," + without_proof
+        client_key = hmac.digest(self._salted, b"Client Key", "sha1")
+        signature = hmac.digest(hashlib.sha1(client_key).digest(), self._auth_message, "sha1")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        return without_proof + b",p=" + base64.b64encode(proof)
+
+    def verify(self, server_final: bytes) -> bool:
+        """Whether ``v=`` is the signature only a server that knows the password can make."""
+        server_key = hmac.digest(self._salted, b"Server Key", "sha1")
+        expected = b"v=" + base64.b64encode(hmac.digest(server_key, self._auth_message, "sha1"))
+        return bool(self._auth_message) and hmac.compare_digest(server_final, expected)
 
 
 # --------------------------------------------------------------------------- TLS clients

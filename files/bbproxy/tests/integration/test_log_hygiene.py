@@ -14,8 +14,6 @@ bytes) puts the base64 payloads and the marker into the log.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
 import secrets
 import ssl
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ..kit import ScramSha1
 from .support import (
     DOMAIN,
     STARTTLS,
@@ -93,33 +92,21 @@ def sasl_plain(tls: ssl.SSLSocket, user: str, password: str, transcript: Transcr
 
 
 def sasl_scram_sha1(tls: ssl.SSLSocket, user: str, password: str, transcript: Transcript) -> None:
-    """RFC 5802 SCRAM-SHA-1 without channel binding; checks the server's signature too."""
-    gs2_header = "n,,"
-    client_first_bare = f"n={user},r={secrets.token_urlsafe(18)}"
-    client_first = b64((gs2_header + client_first_bare).encode())
+    """RFC 5802 SCRAM-SHA-1 without channel binding (kit.ScramSha1); checks the server's signature too."""
+    scram = ScramSha1(user, password)
+    client_first = b64(scram.first())
     transcript.add(f"SCRAM client-first of {user}", client_first)
     challenge = exchange(
         tls, f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1'>{client_first}</auth>", b"</challenge>"
     )
     server_first_b64 = element_text(challenge, "challenge")
     transcript.add(f"SCRAM server-first of {user}", server_first_b64)
-    server_first = base64.b64decode(server_first_b64).decode()
-    attrs = dict(item.split("=", 1) for item in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-    client_key = hmac.digest(salted, b"Client Key", "sha1")
-    stored_key = hashlib.sha1(client_key).digest()
-    without_proof = f"c={b64(gs2_header.encode())},r={attrs['r']}"
-    auth_message = f"{client_first_bare},{server_first},{without_proof}".encode()
-    signature = hmac.digest(stored_key, auth_message, "sha1")
-    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-    client_final = b64(f"{without_proof},p={b64(proof)}".encode())
+    client_final = b64(scram.final(base64.b64decode(server_first_b64)))
     transcript.add(f"SCRAM client-final of {user}", client_final)
     success = exchange(tls, f"<response xmlns='{SASL_NS}'>{client_final}</response>", b"</success>")
     server_final_b64 = element_text(success, "success")
     transcript.add(f"SCRAM server-final of {user}", server_final_b64)
-    server_key = hmac.digest(salted, b"Server Key", "sha1")
-    expected = b64(hmac.digest(server_key, auth_message, "sha1"))
-    assert base64.b64decode(server_final_b64).decode() == f"v={expected}", "server signature mismatch"
+    assert scram.verify(base64.b64decode(server_final_b64)), "server signature mismatch"
 
 
 def bind_and_echo(tls: ssl.SSLSocket, marker: str) -> None:

@@ -14,10 +14,7 @@ TLS 1.2; the Debian 13 Molecule scenario covers Prosody 13.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
-import secrets
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ..kit import ScramSha1
 from .support import (
     DOMAIN,
     LOOPBACK,
@@ -98,44 +96,28 @@ def mechanisms(features: bytes) -> list[str]:
     return re.findall(r"<mechanism>([^<]+)</mechanism>", features.decode())
 
 
-def _h(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha1).digest()
-
-
 def scram_sha1_plus(tls: ssl.SSLSocket, user: str, password: str, cb_data: bytes) -> bytes:
-    """RFC 5802 SCRAM-SHA-1-PLUS with tls-unique; returns Prosody's final answer (success/failure)."""
-    gs2 = b"p=tls-unique,,"
-    first_bare = f"n={user},r={secrets.token_hex(12)}".encode()
+    """RFC 5802 SCRAM-SHA-1-PLUS with tls-unique (kit.ScramSha1); returns Prosody's final answer
+    (success/failure)."""
+    scram = ScramSha1(user, password, gs2_header=b"p=tls-unique,,", cb_data=cb_data)
     tls.sendall(
         f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1-PLUS'>".encode()
-        + base64.b64encode(gs2 + first_bare)
+        + base64.b64encode(scram.first())
         + b"</auth>"
     )
     answer = recv_until(tls, b"</challenge>", 10)
     match = re.search(rb"<challenge[^>]*>([^<]+)</challenge>", answer)
     assert match is not None, f"no SCRAM challenge: {answer!r}"
-    server_first = base64.b64decode(match.group(1))
-    fields = dict(item.split(b"=", 1) for item in server_first.split(b","))
-    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(fields[b"s"]), int(fields[b"i"]))
-    final_bare = b"c=" + base64.b64encode(gs2 + cb_data) + b",r=" + fields[b"r"]
-    auth_message = first_bare + b"," + server_first + b"," + final_bare
-    client_key = _h(salted, b"Client Key")
-    signature = _h(hashlib.sha1(client_key).digest(), auth_message)
-    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-    tls.sendall(
-        f"<response xmlns='{SASL_NS}'>".encode()
-        + base64.b64encode(final_bare + b",p=" + base64.b64encode(proof))
-        + b"</response>"
-    )
+    final = scram.final(base64.b64decode(match.group(1)))
+    tls.sendall(f"<response xmlns='{SASL_NS}'>".encode() + base64.b64encode(final) + b"</response>")
     result = recv_until(tls, b">", 10)
     result += (
         recv_until(tls, b"</success>", 2) if b"<success" in result else recv_until(tls, b"</failure>", 2)
     )
     if b"<success" in result:
-        server_sig = _h(_h(salted, b"Server Key"), auth_message)
         verifier = re.search(rb"<success[^>]*>([^<]+)</success>", result)
         assert verifier is not None
-        assert base64.b64decode(verifier.group(1)) == b"v=" + base64.b64encode(server_sig)
+        assert scram.verify(base64.b64decode(verifier.group(1)))
     return result
 
 

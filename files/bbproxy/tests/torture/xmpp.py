@@ -1,4 +1,5 @@
-"""A minimal blocking XMPP client for the torture run: STARTTLS, TLS 1.0, SASL PLAIN, bind.
+"""A minimal blocking XMPP client for the torture run and the benchmark's whole logins (bench/login.py):
+STARTTLS (or direct TLS), TLS 1.0 (the context decides), SASL PLAIN or SCRAM-SHA-1, bind.
 
 Lighter than slixmpp (no process per client), so the fault scenarios can hold many sessions
 and poll for the first good login every few milliseconds. Only for loopback tests: PLAIN is
@@ -13,11 +14,15 @@ import re
 import secrets
 import socket
 import ssl
+import struct
 import time
 
-from ..kit import STARTTLS, STREAM_ERROR_RE, stream_header
+from ..kit import STARTTLS, STREAM_ERROR_RE, ScramSha1, stream_header
 
 JID = re.compile(rb"<jid>([^<]+)</jid>")
+SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
+SASL_TEXT = re.compile(rb"<(challenge|success)\b[^>]*?(?:/>|>([^<]*)</\1>)")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
 
 
 class LoginFailed(Exception):
@@ -31,8 +36,24 @@ class LoginFailed(Exception):
 
 class XmppSession:
     def __init__(
-        self, port: int, domain: str, user: str, password: str, ctx: ssl.SSLContext, timeout: float = 10.0
+        self,
+        port: int,
+        domain: str,
+        user: str,
+        password: str,
+        ctx: ssl.SSLContext,
+        timeout: float = 10.0,
+        *,
+        mechanism: str = "PLAIN",
+        direct_tls: bool = False,
+        tls_session: ssl.SSLSession | None = None,
     ) -> None:
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism: one of {MECHANISMS}")
+        self.mechanism = mechanism
+        self.direct_tls = direct_tls
+        self.tls_session = tls_session  # offered for resumption; after the handshake, the new one
+        self.resumed = False
         self.port = port
         self.domain = domain
         self.user = user
@@ -52,31 +73,32 @@ class XmppSession:
         Not kit.recv_until: the buffer outlives the call (what follows a needle is kept) and
         every way of ending is a LoginFailed with the stage and the stream error's condition.
         """
+        while not any(needle in self.buffer for needle in needles):
+            self._read_more(deadline)
+        return self.buffer
+
+    def _read_more(self, deadline: float) -> None:
+        """One more read into the buffer; LoginFailed on a stream error, EOF or the deadline."""
         assert self.sock is not None
-        while True:
-            for needle in needles:
-                pos = self.buffer.find(needle)
-                if pos >= 0:
-                    return self.buffer
+        match = STREAM_ERROR_RE.search(self.buffer)
+        if match:
+            condition = match.group(1).decode()
+            raise LoginFailed(self.stage, f"stream error <{condition}/>", condition)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LoginFailed(self.stage, "timed out")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise LoginFailed(self.stage, "timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise LoginFailed(self.stage, f"{type(exc).__name__}") from None
+        if not chunk:
             match = STREAM_ERROR_RE.search(self.buffer)
-            if match:
-                condition = match.group(1).decode()
-                raise LoginFailed(self.stage, f"stream error <{condition}/>", condition)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LoginFailed(self.stage, "timed out")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                raise LoginFailed(self.stage, "timed out") from None
-            except (OSError, ssl.SSLError) as exc:
-                raise LoginFailed(self.stage, f"{type(exc).__name__}") from None
-            if not chunk:
-                match = STREAM_ERROR_RE.search(self.buffer)
-                condition = match.group(1).decode() if match else None
-                raise LoginFailed(self.stage, f"closed ({condition or 'no stream error'})", condition)
-            self.buffer += chunk
+            condition = match.group(1).decode() if match else None
+            raise LoginFailed(self.stage, f"closed ({condition or 'no stream error'})", condition)
+        self.buffer += chunk
 
     def _send(self, data: bytes) -> None:
         assert self.sock is not None
@@ -103,31 +125,30 @@ class XmppSession:
             raise LoginFailed("connect", type(exc).__name__) from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = raw
-        self.stage = "pre-tls"
-        self._send(stream_header(self.domain))
-        self._read_until(b"</stream:features>", deadline=deadline)
-        self.buffer = b""
-        self._send(STARTTLS)
-        self._read_until(b"<proceed", deadline=deadline)
-        self.buffer = b""
+        if not self.direct_tls:
+            self.stage = "pre-tls"
+            self._send(stream_header(self.domain))
+            self._read_until(b"</stream:features>", deadline=deadline)
+            self.buffer = b""
+            self._send(STARTTLS)
+            self._read_until(b"<proceed", deadline=deadline)
+            self.buffer = b""
         self.stage = "tls-handshake"
         try:
             raw.settimeout(max(deadline - time.monotonic(), 0.01))
-            self.sock = self.ctx.wrap_socket(raw, server_hostname=self.domain)
+            tls = self.ctx.wrap_socket(raw, server_hostname=self.domain, session=self.tls_session)
         except (OSError, ssl.SSLError) as exc:
             raise LoginFailed(self.stage, type(exc).__name__) from None
+        self.sock, self.resumed, self.tls_session = tls, tls.session_reused, tls.session
         self.stage = "backend-stream"
         self._send(stream_header(self.domain))
         self._read_until(b"</stream:features>", deadline=deadline)
         self.buffer = b""
         self.stage = "sasl"
-        token = base64.b64encode(b"\0" + self.user.encode() + b"\0" + self._password.encode()).decode()
-        self._send(
-            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode()
-        )
-        self._read_until(b"<success", b"<failure", deadline=deadline)
-        if b"<failure" in self.buffer:
-            raise LoginFailed(self.stage, "SASL failure")
+        if self.mechanism == "PLAIN":
+            self._sasl_plain(deadline)
+        else:
+            self._sasl_scram_sha1(deadline)
         self.buffer = b""
         self.stage = "bind"
         self._send(stream_header(self.domain))
@@ -146,6 +167,35 @@ class XmppSession:
         self.buffer = b""
         self.stage = "session"
         return self.jid
+
+    def _sasl_plain(self, deadline: float) -> None:
+        token = base64.b64encode(b"\0" + self.user.encode() + b"\0" + self._password.encode()).decode()
+        self._send(f"<auth xmlns='{SASL_NS}' mechanism='PLAIN'>{token}</auth>".encode())
+        self._sasl_answer("success", deadline)
+
+    def _sasl_scram_sha1(self, deadline: float) -> None:
+        scram = ScramSha1(self.user, self._password)
+        first = base64.b64encode(scram.first()).decode()
+        self._send(f"<auth xmlns='{SASL_NS}' mechanism='SCRAM-SHA-1'>{first}</auth>".encode())
+        server_first = self._sasl_answer("challenge", deadline)
+        self.buffer = b""
+        try:
+            final = base64.b64encode(scram.final(server_first)).decode()
+        except (ValueError, KeyError):
+            raise LoginFailed(self.stage, "bad SCRAM challenge") from None
+        self._send(f"<response xmlns='{SASL_NS}'>{final}</response>".encode())
+        if not scram.verify(self._sasl_answer("success", deadline)):
+            raise LoginFailed(self.stage, "the server's SCRAM signature does not match")
+
+    def _sasl_answer(self, wanted: str, deadline: float) -> bytes:
+        """Wait for ``<challenge>`` or ``<success>`` (or a ``<failure>``); its decoded text."""
+        while (match := SASL_TEXT.search(self.buffer)) is None:
+            if b"<failure" in self.buffer:
+                raise LoginFailed(self.stage, "SASL failure")
+            self._read_more(deadline)
+        if match.group(1).decode() != wanted:
+            raise LoginFailed(self.stage, f"<{match.group(1).decode()}> where <{wanted}> was due")
+        return base64.b64decode(match.group(2) or b"")
 
     # -- after login -----------------------------------------------------------------------
 
@@ -187,6 +237,15 @@ class XmppSession:
                 how = f"stream-error:{match.group(1).decode()}" if match else "closed"
                 return how, time.monotonic() - start
             self.buffer += chunk
+
+    def abort(self) -> None:
+        """Reset the connection (SO_LINGER 0): no close_notify, no ``</stream:stream>``, as when
+        the network under a device goes away and its server only sees the reset."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.sock.close()
+            self.sock = None
 
     def close(self) -> None:
         if self.sock is not None:
