@@ -8,13 +8,14 @@ opened only after the client's TLS is up, in one bounded connect (:meth:`Relay._
 PROXY protocol header first if ``send_proxy_protocol`` says so.
 
 A spliced session (``tls.routing = "legacy-only"``, a modern ClientHello) is relayed still
-encrypted to Prosody's own direct-TLS port, the ClientHello replayed first, so Prosody terminates
-its TLS (channel binding, its own TLS policy). No PROXY header goes there: Prosody 0.12 cannot read
-one in front of TLS (LuaSocket reads past the header, into the ClientHello, which OpenSSL then
-never sees). If that port is down the session falls back to terminating. The handshake timeout
-still runs through the splice: it ends once Prosody has answered a second flight of the client
-(ClientHello, then Finished in a full handshake), so a client that sends a hello and stalls is
-closed like one that stalls on our own TLS.
+encrypted to Prosody, the ClientHello replayed first, so Prosody terminates its TLS (channel
+binding, its own TLS policy): on its direct-TLS port (``tls.splice = "direct-tls"``, no PROXY
+header possible), or on a plaintext port after a PROXY header and a STARTTLS of our own
+(``"starttls"``, backend_starttls.py), so Prosody sees the client's address. If that port is down
+or does not get to ``<proceed/>`` (each step bounded), the session falls back to terminating.
+The handshake timeout still runs through the splice: it ends once Prosody has answered a second
+flight of the client (ClientHello, then Finished in a full handshake), so a client that sends a
+hello and stalls is closed like one that stalls on our own TLS.
 
 UNAVAILABLE (the backend could not be reached) waits, bounded, for the client's post-TLS stream
 header and answers it with ``remote-connection-failed``: a stream error must follow a header that
@@ -32,7 +33,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from .backend import BackendConnection, proxy_header
+from .backend import BackendConnection, proxy_header, starttls
 from .closing import Close, CloseReason, describe
 from .framing import NEED_DATA, PreTlsParser
 from .host import RelayHost, State
@@ -302,23 +303,37 @@ class Relay:
         if session.state is State.UNAVAILABLE and session.transport is not None:
             session.transport.resume_reading()
 
-    def splice(self, raw: bytes) -> None:
+    def splice(self, raw: bytes, domain: str) -> None:
         """A modern client under ``legacy-only`` (SPLICING): connect to Prosody's TLS port and
-        replay ``raw`` (the ClientHello) there."""
+        replay ``raw`` (the ClientHello) there; ``domain``: the one it asked for."""
         transport = self.session.transport
         assert transport is not None
         self._early = raw
         transport.pause_reading()  # until Prosody's TLS port can take the bytes
-        self.session.start_task(self._connect_splice())
+        self.session.start_task(self._connect_splice(domain))
 
-    async def _connect_splice(self) -> None:
+    async def _connect_splice(self, domain: str) -> None:
         session = self.session
-        backend = await self._open(session.server.settings.tls.backend, State.SPLICING, self._splice_failed)
+        settings = session.server.settings
+        backend = await self._open(settings.tls.backend, State.SPLICING, self._splice_failed)
         if backend is None:
             return
         # The handshake timer goes on: the handshake is Prosody's now, but until it is under way
         # (see from_backend) a stalled client is still ours to end.
-        self.backend = backend
+        self.backend = backend  # closed with the session from here on
+        if settings.tls.splice == "starttls":
+            version = settings.send_proxy_protocol
+            header = proxy_header(session.transport, version) if version != "off" else b""
+            limits = settings.limits
+            failure = await starttls(
+                backend, header, domain, limits.backend_answer_timeout, limits.pre_tls_max_bytes
+            )
+            if failure is not None:
+                self.backend = None
+                backend.close()
+                if session.state is State.SPLICING:
+                    self._splice_failed(failure)
+                return
         session.state = State.SPLICE
         session.spliced()
         early, self._early = self._early, b""
@@ -327,7 +342,7 @@ class Relay:
         if session.transport is not None:
             session.transport.resume_reading()
 
-    def _splice_failed(self, exc: Exception) -> None:
+    def _splice_failed(self, why: Exception | str) -> None:
         """Never worse than terminate-all: do the TLS here and relay in plaintext."""
         session = self.session
         session.server.backend_failed()
@@ -335,7 +350,7 @@ class Relay:
             "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
             session.conn_id,
             session.server.settings.tls.backend,
-            describe(exc),
+            describe(why) if isinstance(why, Exception) else why,
         )
         early, self._early = self._early, b""
         session.terminate(early)
