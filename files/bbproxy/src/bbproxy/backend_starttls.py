@@ -163,6 +163,8 @@ class StartTlsDialogue:
         if name == _FEATURES and not self._asked:
             if not self._offered:
                 return Step(failure="Prosody offered no STARTTLS")
+            if self._buf:  # Prosody cannot have answered a <starttls/> not yet sent
+                return Step(failure="bytes before our <starttls/>")
             self._asked = True
             return Step(send=STARTTLS)
         if name == _PROCEED and self._asked:
