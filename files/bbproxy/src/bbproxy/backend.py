@@ -162,7 +162,7 @@ async def starttls(
         async with asyncio.timeout(timeout):
             failure = await done
     except TimeoutError:
-        failure = f"no <proceed/> in {timeout:.0f}s"
+        failure = f"no <proceed/> in {timeout:g}s"
     if failure is None:
         backend.client = peer
     return failure
