@@ -35,13 +35,13 @@ from .support import (
     ProxyProcess,
     client_context,
     free_port,
-    open_stream,
     port_accepts,
     read_proceed,
     recv_until,
     require_tool,
     run_login_check,
     running_prosody,
+    starttls_over,
     stream_header,
 )
 from .test_passthrough import leaf_der, mechanisms, scram_sha1_plus
@@ -168,11 +168,7 @@ def splice_proxy(
 
 
 def starttls_from(port: int, version: str, certs: Certs) -> ssl.SSLSocket:
-    sock = connect_from(port)
-    open_stream(sock)
-    sock.sendall(STARTTLS)
-    read_proceed(sock)
-    return client_context(version, certs.cafile).wrap_socket(sock, server_hostname=DOMAIN)
+    return starttls_over(connect_from(port), version, certs.cafile)
 
 
 def features_after_tls(tls: ssl.SSLSocket) -> bytes:
