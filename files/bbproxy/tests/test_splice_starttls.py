@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 import pytest
 
 from bbproxy import backend_starttls
+from bbproxy.config import Address
+from bbproxy.listeners import Listener, open_socket
+from bbproxy.session import ClientSession
 
 from .helpers import hello_of, run, until
 from .kit import client_context
@@ -100,3 +104,41 @@ def test_a_session_that_ends_during_the_starttls_dialogue_closes_the_backend_con
         silent.close()
 
     run("asyncio", scenario)
+
+
+@pytest.mark.parametrize(
+    ("sni", "domain"),
+    [("other.test", "other.test"), ("OTHER.test.", "other.test"), ("unknown.test", DOMAIN), (None, DOMAIN)],
+)
+def test_a_direct_tls_clients_stream_to_prosody_names_its_sni_if_served(
+    certs: Certs, sni: str | None, domain: str
+) -> None:
+    """Prosody's STARTTLS picks its certificate by our stream's 'to': the client's SNI if it is
+    a served domain, else the first one (what this proxy's own TLS would show it too)."""
+    silent = SilentPort()
+
+    async def scenario() -> None:
+        tls_port = await silent.start()
+        limits = {"handshake_timeout": 0.5}  # ends the session (and the splice) once we know
+        async with routed_proxy(certs, tls_port, limits=limits, routing="legacy-only", splice="starttls") as (
+            server,
+            _,
+            _plain,
+        ):
+            # A second served domain (the fixture serves one): what the splice reads.
+            server.settings = dataclasses.replace(server.settings, domains=(DOMAIN, "other.test"))
+            listener = Listener(Address("127.0.0.1", 0), starttls=False)
+            sock = open_socket(listener.address)
+            direct = await asyncio.get_running_loop().create_server(
+                lambda: ClientSession(server, listener), sock=sock
+            )
+            _reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            writer.write(hello_of(client_context(TLS13, certs.ca), server_hostname=sni))  # type: ignore[arg-type]
+            await until(lambda: silent.received.endswith(b" version='1.0'>"), "our stream header")
+            writer.close()
+            await until(lambda: silent.closed, "the session's end to close the splice")
+            direct.close()
+        silent.close()
+
+    run("asyncio", scenario)
+    assert silent.received == backend_starttls.opening(domain)

@@ -305,11 +305,11 @@ class Relay:
         if session.state is State.UNAVAILABLE and session.transport is not None:
             session.transport.resume_reading()
 
-    def splice(self, raw: bytes, domain: str) -> None:
+    def splice(self, raw: bytes, sni: str | None) -> None:
         """A modern client under ``legacy-only`` (SPLICING): connect to Prosody's TLS port and
-        replay ``raw`` (the ClientHello) there; ``domain``: the one it asked for (splice.py)."""
+        replay ``raw`` (the ClientHello, naming ``sni``) there (splice.py)."""
         self._splice = Splice(self, raw)
-        self._splice.start(domain)
+        self._splice.start(sni)
 
     # -- UNAVAILABLE ----------------------------------------------------------------------
 

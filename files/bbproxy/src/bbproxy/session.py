@@ -261,13 +261,9 @@ class ClientSession(asyncio.BufferedProtocol):
                 self.transport.write(data)
 
     def splice(self, raw: bytes, sni: str | None) -> None:
-        """To Prosody's TLS, for the domain the client asked for: its stream's, else its SNI's if
-        served, else the first (Prosody's STARTTLS picks the certificate by it)."""
         self.route = "passthrough"
         self.state = State.SPLICING
-        domains = self.server.settings.domains
-        sni = sni.rstrip(".").lower() if sni else None
-        self._relay().splice(raw, self.domain or (sni if sni in domains else domains[0]))
+        self._relay().splice(raw, sni)
 
     def _relay(self) -> Relay:
         """The relay, made once TLS is up (or on its way to Prosody): a session that fails its

@@ -52,12 +52,16 @@ class Splice:
     def early(self, data: bytes | memoryview) -> None:
         self._early += data
 
-    def start(self, domain: str) -> None:
-        """Connect (a task of the session); ``domain``: the one the client asked for."""
+    def start(self, sni: str | None) -> None:
+        """Connect (a task of the session). For Prosody's STARTTLS, the domain the client asked
+        for (Prosody picks its certificate by it): its stream's, else its SNI if served, else the
+        first served domain."""
         session = self.relay.session
         assert session.transport is not None
         session.transport.pause_reading()  # until Prosody's TLS can take the bytes
-        session.start_task(self._connect(domain))
+        domains = session.server.settings.domains
+        sni = sni.rstrip(".").lower() if sni else None
+        session.start_task(self._connect(session.domain or (sni if sni in domains else domains[0])))
 
     async def _connect(self, domain: str) -> None:
         relay = self.relay
