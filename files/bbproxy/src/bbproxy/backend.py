@@ -126,7 +126,7 @@ class _DialoguePeer:
 
     def __init__(
         self, backend: BackendConnection, dialogue: StartTlsDialogue, done: asyncio.Future[str | None]
-    ):
+    ) -> None:
         self._backend = backend
         self._dialogue = dialogue
         self.done = done  # None once Prosody said <proceed/>, else why not
