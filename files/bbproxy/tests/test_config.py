@@ -144,6 +144,7 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
 def test_tls_policy_defaults_terminate_everyone_and_allow_legacy_from_anywhere() -> None:
     tls = settings(BASE).tls
     assert tls.routing == "terminate-all" and str(tls.backend) == "127.0.0.1:5202"
+    assert tls.splice == "direct-tls"
     assert [str(n) for n in tls.legacy_networks] == ["0.0.0.0/0", "::/0"]
     assert not tls.legacy_ja3 and not tls.legacy_plain_rsa
     assert tls.expiry_warning_days == 21
@@ -154,6 +155,7 @@ def test_tls_policy_from_toml_and_flags(tmp_path: Path) -> None:
 [tls]
 routing = "legacy-only"
 backend = "127.0.0.1:5301"
+splice = "starttls"
 legacy_networks = ["192.0.2.0/24", "2001:db8::/32"]
 legacy_ja3 = ["0123456789ABCDEF0123456789abcdef"]
 legacy_plain_rsa = true
@@ -162,11 +164,13 @@ expiry_warning_days = 0
     tls = settings(BASE, toml, tmp_path).tls
     assert tls.expiry_warning_days == 0
     assert tls.routing == "legacy-only" and str(tls.backend) == "127.0.0.1:5301"
+    assert tls.splice == "starttls"
     assert [str(n) for n in tls.legacy_networks] == ["192.0.2.0/24", "2001:db8::/32"]
     assert tls.legacy_ja3 == {"0123456789abcdef0123456789abcdef"} and tls.legacy_plain_rsa
-    flags = ["--tls-routing", "terminate-all", "--tls-backend", "[::1]:5202"]
+    flags = ["--tls-routing", "terminate-all", "--tls-backend", "[::1]:5202", "--tls-splice", "direct-tls"]
     flagged = settings([*BASE, *flags], toml, tmp_path)
     assert flagged.tls.routing == "terminate-all" and str(flagged.tls.backend) == "[::1]:5202"
+    assert flagged.tls.splice == "direct-tls"
 
 
 @pytest.mark.parametrize(
@@ -174,6 +178,7 @@ expiry_warning_days = 0
     [
         ('routing = "all"', "tls.routing: must be one of terminate-all, legacy-only"),
         ('backend = "5202"', "tls.backend:"),
+        ('splice = "proxy"', "tls.splice: must be one of direct-tls, starttls"),
         ('legacy_networks = ["10.0.0.0/33"]', "tls.legacy_networks: '10.0.0.0/33' is not"),
         ('legacy_ja3 = ["abc"]', "tls.legacy_ja3: 'abc' is not a JA3 hash"),
         ('legacy_plain_rsa = "yes"', "tls.legacy_plain_rsa: expected true or false"),

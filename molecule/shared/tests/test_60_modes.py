@@ -149,8 +149,7 @@ def test_prosody_logs_the_real_client_address(
     if proxy_config.get("send_proxy_protocol", "off") == "off":
         pytest.skip("send_proxy_protocol is off here (/etc/bbproxy/bbproxy.toml)")
     mark = prosody_log.mark()
-    # TLS 1.0: terminated by the proxy in every routing mode. (A session passed through to
-    # Prosody's own TLS port carries no PROXY header: Prosody sees 127.0.0.1 for those.)
+    # TLS 1.0: terminated by the proxy in every routing mode (spliced sessions: the test below).
     session = starttls_from(host, "127.0.0.2", scenario.domain, "1.0")
     assert "<stream:features" in session["post"], session
 
@@ -221,10 +220,24 @@ def test_legacy_only_tls10_client_is_terminated_by_the_proxy(
     wait_for(fingerprint_logged, "the proxy's fingerprint line for the TLS 1.0 client", timeout=15)
 
 
+def test_legacy_only_spliced_client_is_seen_by_prosody_from_its_own_address(
+    host: Any, scenario: Scenario, legacy_only: dict[str, Any]
+) -> None:
+    """tls.splice "starttls" (bbproxy_tls_splice "auto" with the PROXY header on): Prosody's own
+    TLS, with channel binding, in a session whose address is the client's, not the proxy's."""
+    if legacy_only.get("splice", "direct-tls") != "starttls":
+        pytest.skip("tls.splice is not starttls here (/etc/bbproxy/bbproxy.toml)")
+    session = starttls_from(host, "127.0.0.2", scenario.domain, "any", SHOW_C2S)
+    assert session["version"] == "TLSv1.3", session
+    assert any(m.endswith("-PLUS") for m in mechanisms(session["post"])), session["post"]
+    rows = [line for line in session["while_open"].splitlines() if "[127.0.0.2]:" in line]
+    assert rows and all("TLSv1.3" in row for row in rows), session["while_open"]
+
+
 def test_prosodys_tls_port_is_loopback_only_and_not_in_ufw(host: Any, legacy_only: dict[str, Any]) -> None:
     port = int(str(legacy_only["backend"]).rpartition(":")[2])
     bound = [lst for lst in tcp_listeners(host) if lst.port == port]
-    assert bound, f"Prosody does not listen on its direct-TLS port {port}"
+    assert bound, f"Prosody does not listen on its port for spliced clients {port}"
     assert all(ipaddress.ip_address(lst.address).is_loopback for lst in bound), bound
     status = run_ok(host, "ufw status")
     assert not re.search(rf"^{port}\b", status, re.MULTILINE), f"UFW mentions port {port}:\n{status}"

@@ -8,7 +8,8 @@
 -- mod_tls stays loaded, so server-to-server links keep STARTTLS.
 --
 -- A session came from bbproxy when its connection
---   * was accepted by mod_bbproxy_proxy (PROXY protocol listener) from a loopback peer, or
+--   * was accepted by mod_bbproxy_proxy (PROXY protocol listener) from a loopback peer, on one of
+--     its bbproxy_proxy_ports (not bbproxy_proxy_starttls_ports: there the TLS is still to come), or
 --   * is a plain c2s connection from loopback to one of bbproxy_backend_ports.
 --
 -- Works with Prosody 0.12 and 13: mod_tls skips sessions whose ssl_ctx is false (and, on 13,
@@ -30,7 +31,8 @@ local function from_proxy(session)
 	end
 	-- Set by mod_bbproxy_proxy: the real peer, before the client's address from the header.
 	if conn.bbproxy_proxy_peer ~= nil then
-		return is_loopback(conn.bbproxy_proxy_peer);
+		-- A spliced client (bbproxy_proxy_starttls_ports): its TLS is Prosody's, by STARTTLS.
+		return not conn.bbproxy_proxy_starttls and is_loopback(conn.bbproxy_proxy_peer);
 	end
 	local port = conn.serverport and tonumber(conn:serverport());
 	return port ~= nil and backend_ports:contains(port) and is_loopback(conn:ip());

@@ -12,10 +12,23 @@
 -- Anyone who can open this port can claim any address: it binds to loopback unless told otherwise,
 -- and refuses connections whose real peer is not a loopback address whatever the binding.
 --
+-- Two kinds of port, the same header:
+--   * bbproxy_proxy_ports: bbproxy terminated the client's TLS and relays plaintext; the session is
+--     treated as encrypted (mod_bbproxy_backend: secure, no STARTTLS).
+--   * bbproxy_proxy_starttls_ports: bbproxy splices a modern client's own TLS to Prosody. After the
+--     header bbproxy opens the stream, asks for STARTTLS and, after <proceed/>, relays the client's
+--     ClientHello and everything after it: Prosody does TLS with the client end to end (channel
+--     binding, its own TLS policy). Such connections are marked conn.bbproxy_proxy_starttls, so
+--     mod_bbproxy_backend leaves them to mod_tls. (A header in front of direct TLS cannot work on
+--     Prosody 0.12: LuaSocket reads past the header into the ClientHello, which luasec never sees.
+--     Here nothing but the header and plaintext XML is read before Prosody starts TLS.)
+--
 -- Global section:
 --   modules_enabled = { ...; "bbproxy_proxy" }
 --   bbproxy_proxy_ports = { 5201 }
 --   bbproxy_proxy_interfaces = { "127.0.0.1", "::1" }
+--   bbproxy_proxy_starttls_ports = { 523 } -- none by default
+--   bbproxy_proxy_starttls_interfaces = { "127.0.0.1", "::1" }
 --   bbproxy_proxy_header_timeout = 10 -- seconds a new connection may take to send its header
 --
 -- Written against Prosody 0.12 and 13 (the same portmanager, listener and sessionmanager code) and
@@ -131,74 +144,89 @@ local function set_client_address(conn, ip, port)
 	conn.clientport = conn.port;
 end
 
-local listener = {};
+-- The listener of one kind of port: ``starttls`` says whether the client's TLS is still to come
+-- (Prosody's, by STARTTLS) or was done by bbproxy.
+local function proxy_listener(starttls)
+	local listener = {};
 
-function listener.onconnect(conn)
-	local peer = conn:ip();
-	if not is_loopback(peer) then
-		module:log("warn", "Closing a connection from %s: PROXY headers are only accepted from loopback", tostring(peer));
-		conn:close();
-		return;
-	end
-	pending[conn] = "";
-	module:add_timer(header_timeout, function ()
-		if pending[conn] then
-			module:log("warn", "No complete PROXY header from %s within %gs, closing", peer, header_timeout);
-			pending[conn] = nil;
+	function listener.onconnect(conn)
+		local peer = conn:ip();
+		if not is_loopback(peer) then
+			module:log("warn", "Closing a connection from %s: PROXY headers are only accepted from loopback", tostring(peer));
 			conn:close();
+			return;
 		end
-	end);
-end
+		pending[conn] = "";
+		module:add_timer(header_timeout, function ()
+			if pending[conn] then
+				module:log("warn", "No complete PROXY header from %s within %gs, closing", peer, header_timeout);
+				pending[conn] = nil;
+				conn:close();
+			end
+		end);
+	end
 
-function listener.onincoming(conn, data)
-	local buf = pending[conn];
-	if not buf then return; end -- refused or already closed
-	buf = buf .. (data or "");
-	local ok, used, ip, port = parse(buf);
-	if ok == nil then
-		pending[conn] = buf;
-		return;
+	function listener.onincoming(conn, data)
+		local buf = pending[conn];
+		if not buf then return; end -- refused or already closed
+		buf = buf .. (data or "");
+		local ok, used, ip, port = parse(buf);
+		if ok == nil then
+			pending[conn] = buf;
+			return;
+		end
+		pending[conn] = nil;
+		local peer = conn:ip();
+		if not ok then
+			module:log("warn", "Closing a connection from %s: bad PROXY header (%s)", tostring(peer), used);
+			conn:close();
+			return;
+		end
+		-- Looked up per connection so a reloaded mod_c2s is picked up.
+		local c2s = portmanager.get_service("c2s");
+		if not c2s then
+			module:log("error", "mod_c2s is not loaded: closing the connection from %s", tostring(peer));
+			conn:close();
+			return;
+		end
+		-- For other modules (e.g. a trust module) that must check the real peer, not the client.
+		conn.bbproxy_proxy_peer = peer;
+		-- For mod_bbproxy_backend: TLS is still to come, Prosody's own (not done by bbproxy).
+		conn.bbproxy_proxy_starttls = starttls or nil;
+		if ip then set_client_address(conn, ip, port); end
+		conn:setlistener(c2s.listener);
+		c2s.listener.onconnect(conn);
+		local session = c2s_sessions[conn];
+		local log = session and session.log or function (...) return module:log(...); end;
+		local what = starttls and "PROXY header, STARTTLS to follow" or "PROXY header";
+		if ip then
+			log("info", "Client address %s port %d (%s from %s)", ip, port, what, tostring(peer));
+		else
+			log("info", "%s from %s names no client: keeping the connection's own address", what, tostring(peer));
+		end
+		local rest = buf:sub(used + 1);
+		if rest ~= "" then
+			c2s.listener.onincoming(conn, rest);
+		end
 	end
-	pending[conn] = nil;
-	local peer = conn:ip();
-	if not ok then
-		module:log("warn", "Closing a connection from %s: bad PROXY header (%s)", tostring(peer), used);
-		conn:close();
-		return;
-	end
-	-- Looked up per connection so a reloaded mod_c2s is picked up.
-	local c2s = portmanager.get_service("c2s");
-	if not c2s then
-		module:log("error", "mod_c2s is not loaded: closing the connection from %s", tostring(peer));
-		conn:close();
-		return;
-	end
-	-- For other modules (e.g. a trust module) that must check the real peer, not the client.
-	conn.bbproxy_proxy_peer = peer;
-	if ip then set_client_address(conn, ip, port); end
-	conn:setlistener(c2s.listener);
-	c2s.listener.onconnect(conn);
-	local session = c2s_sessions[conn];
-	local log = session and session.log or function (...) return module:log(...); end;
-	if ip then
-		log("info", "Client address %s port %d (PROXY header from %s)", ip, port, tostring(peer));
-	else
-		log("info", "PROXY header from %s names no client: keeping the connection's own address", tostring(peer));
-	end
-	local rest = buf:sub(used + 1);
-	if rest ~= "" then
-		c2s.listener.onincoming(conn, rest);
-	end
-end
 
-function listener.ondisconnect(conn)
-	pending[conn] = nil;
+	function listener.ondisconnect(conn)
+		pending[conn] = nil;
+	end
+	listener.ondetach = listener.ondisconnect;
+	return listener;
 end
-listener.ondetach = listener.ondisconnect;
 
 module:provides("net", {
 	name = "bbproxy_proxy";
-	listener = listener;
+	listener = proxy_listener(false);
 	default_port = 5201;
 	private = true; -- without bbproxy_proxy_interfaces: local_interfaces (loopback), never "*"
+});
+
+module:provides("net", {
+	name = "bbproxy_proxy_starttls";
+	listener = proxy_listener(true);
+	default_ports = {}; -- only where bbproxy_proxy_starttls_ports says
+	private = true;
 });

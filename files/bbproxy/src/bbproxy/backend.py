@@ -1,6 +1,7 @@
 """The backend side of a session: the connection to Prosody (its plaintext port, opened only after
-the client's TLS is up, or its own TLS port for a spliced session), with backpressure both ways,
-and the PROXY protocol header that names the client to it. relay.py moves the bytes."""
+the client's TLS is up, or its own TLS for a spliced session), with backpressure both ways, the
+PROXY protocol header that names the client to it, and, for a splice through STARTTLS, the
+dialogue that gets Prosody to ``<proceed/>`` first (:func:`starttls`). relay.py moves the bytes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 from typing import Final, Protocol, cast
 
 from . import proxy_protocol
+from .backend_starttls import StartTlsDialogue, opening
 from .closing import Close, describe
 
 # Every socket of this process reads into this one buffer (BufferedProtocol): a read is consumed
@@ -114,3 +116,53 @@ class BackendConnection(asyncio.BufferedProtocol):
         if self.transport is not None and not self._closed:
             self._closed = True
             self.transport.close()
+
+
+class _DialoguePeer:
+    """The backend connection's peer while bbproxy does STARTTLS with Prosody: Prosody's bytes go
+    to the dialogue, our answers back to Prosody; the client's bytes wait (reading is paused)."""
+
+    __slots__ = ("_backend", "_dialogue", "done", "transport")
+
+    def __init__(
+        self, backend: BackendConnection, dialogue: StartTlsDialogue, done: asyncio.Future[str | None]
+    ) -> None:
+        self._backend = backend
+        self._dialogue = dialogue
+        self.done = done  # None once Prosody said <proceed/>, else why not
+        self.transport = backend.client.transport
+
+    def from_backend(self, data: bytes | memoryview) -> None:
+        step = self._dialogue.receive_data(bytes(data))
+        if step.send:
+            self._backend.write(step.send)
+        if not self.done.done() and (step.ready or step.failure is not None):
+            self.done.set_result(step.failure)
+
+    def backend_closed(self, kind: Close, detail: str = "") -> None:
+        if not self.done.done():
+            self.done.set_result(
+                f"Prosody closed the connection ({kind.value}{': ' + detail if detail else ''})"
+            )
+
+    def relaying(self) -> bool:
+        return False
+
+
+async def starttls(
+    backend: BackendConnection, header: bytes, domain: str, timeout: float, max_bytes: int
+) -> str | None:
+    """Send ``header`` (a PROXY header, or nothing) and our stream to ``domain``, then STARTTLS, all
+    within ``timeout``: None once Prosody said ``<proceed/>`` (its TLS is next), else why not."""
+    peer = backend.client
+    done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    backend.client = _DialoguePeer(backend, StartTlsDialogue(max_bytes), done)
+    backend.write(header + opening(domain))
+    try:
+        async with asyncio.timeout(timeout):
+            failure = await done
+    except TimeoutError:
+        failure = f"no <proceed/> in {timeout:g}s"
+    if failure is None:
+        backend.client = peer
+    return failure

@@ -25,6 +25,7 @@ from .settings import (
     LOOPS,
     PROXY_PROTOCOLS,
     TLS_ROUTINGS,
+    TLS_SPLICES,
     choice,
     file_path,
     network,
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-backend", metavar="HOST:PORT", help=f"Prosody's direct-TLS port ({DEFAULT_TLS_BACKEND})"
     )
+    p.add_argument("--tls-splice", choices=TLS_SPLICES, help="how --tls-backend is reached (direct-tls)")
     p.add_argument(
         "--check-config", action="store_true", help="validate everything and exit, without listening"
     )
@@ -139,7 +141,9 @@ def _limits(raw: object) -> Limits:
 _JA3_RE: Final = re.compile(r"[0-9a-f]{32}\Z")
 
 
-def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None) -> TlsPolicy:
+def _tls_policy(
+    raw: object, routing_flag: str | None, backend_flag: str | None, splice_flag: str | None
+) -> TlsPolicy:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -154,6 +158,9 @@ def _tls_policy(raw: object, routing_flag: str | None, backend_flag: str | None)
     backend = backend_flag if backend_flag is not None else raw.get("backend")
     if backend is not None:
         values["backend"] = parse_address(backend, "tls.backend")
+    splice = splice_flag if splice_flag is not None else raw.get("splice")
+    if splice is not None:
+        values["splice"] = choice(splice, "tls.splice", TLS_SPLICES)
     if "legacy_networks" in raw:
         key = "tls.legacy_networks"
         values["legacy_networks"] = tuple(network(v, key) for v in string_list(raw["legacy_networks"], key))
@@ -269,13 +276,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if stray:
         raise ConfigError(f"certificates.{stray[0]!r}: not one of the served domains")
 
-    tls = _tls_policy(data.get("tls"), args.tls_routing, args.tls_backend)
+    tls = _tls_policy(data.get("tls"), args.tls_routing, args.tls_backend, args.tls_splice)
     min_tls = choice(pick(args.min_tls, "min_tls", "1.0"), "min_tls", tuple(TLS_VERSIONS))
     if tls.legacy_cert is not None and TLS_VERSIONS[min_tls] >= TLS_VERSIONS["1.2"]:
         raise ConfigError(f"tls.legacy_cert: no legacy client gets through with min_tls = {min_tls!r}")
     if tls.routing != "terminate-all" and tls.backend == backend:
         raise ConfigError(
-            "tls.backend: must be Prosody's direct-TLS port, not the plaintext backend " + str(backend)
+            "tls.backend: must be Prosody's port for spliced clients, not the plaintext backend "
+            + str(backend)
         )
     return Settings(
         listen=listen,

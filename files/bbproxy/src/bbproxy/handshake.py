@@ -101,7 +101,7 @@ class Handshake:
         elif decision.route is Route.TERMINATE:
             self.terminate(raw)
         else:
-            session.splice(raw)
+            session.splice(raw, hello.sni)
 
     def _refuse(self, refusal: Refusal, legacy: bool = False) -> None:
         """End the handshake with a fatal alert (before any TLS state exists, or before our last

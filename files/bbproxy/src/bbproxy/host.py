@@ -177,8 +177,9 @@ class HandshakeHost(Protocol):
 
     def cancel_timer(self) -> None: ...
 
-    def splice(self, raw: bytes) -> None:
-        """Route the client, still encrypted, to Prosody's TLS port (``raw``: its ClientHello)."""
+    def splice(self, raw: bytes, sni: str | None) -> None:
+        """Route the client, still encrypted, to Prosody's TLS port (``raw``: its ClientHello,
+        ``sni``: the server name in it)."""
 
     def handshake_failed(self, reason: str) -> None: ...
 

@@ -4,17 +4,18 @@ A terminated session's records are decrypted by the session's TLS engine (tlseng
 :meth:`Relay.client_records` sends their plaintext to Prosody in one write; Prosody's bytes arrive
 in backend.py's BackendConnection and :meth:`Relay.from_backend` encrypts them for the client.
 Backpressure goes both ways (a slow side stops the other's reading). The backend connection is
-opened only after the client's TLS is up, in one bounded connect (:meth:`Relay._open`), with a
+opened only after the client's TLS is up, in one bounded connect (:meth:`Relay.open_backend`), with a
 PROXY protocol header first if ``send_proxy_protocol`` says so.
 
 A spliced session (``tls.routing = "legacy-only"``, a modern ClientHello) is relayed still
-encrypted to Prosody's own direct-TLS port, the ClientHello replayed first, so Prosody terminates
-its TLS (channel binding, its own TLS policy). No PROXY header goes there: Prosody 0.12 cannot read
-one in front of TLS (LuaSocket reads past the header, into the ClientHello, which OpenSSL then
-never sees). If that port is down the session falls back to terminating. The handshake timeout
-still runs through the splice: it ends once Prosody has answered a second flight of the client
-(ClientHello, then Finished in a full handshake), so a client that sends a hello and stalls is
-closed like one that stalls on our own TLS.
+encrypted to Prosody, the ClientHello replayed first, so Prosody terminates its TLS (channel
+binding, its own TLS policy): on its direct-TLS port (``tls.splice = "direct-tls"``, no PROXY
+header possible), or on a plaintext port after a PROXY header and a STARTTLS of our own
+(``"starttls"``), so Prosody sees the client's address: splice.py. If that port is down or does
+not get to ``<proceed/>`` (each step bounded), the session falls back to terminating.
+The handshake timeout still runs through the splice: it ends once Prosody has answered a second
+flight of the client (ClientHello, then Finished in a full handshake), so a client that sends a
+hello and stalls is closed like one that stalls on our own TLS.
 
 UNAVAILABLE (the backend could not be reached) waits, bounded, for the client's post-TLS stream
 header and answers it with ``remote-connection-failed``: a stream error must follow a header that
@@ -37,6 +38,7 @@ from .closing import Close, CloseReason, describe
 from .framing import NEED_DATA, PreTlsParser
 from .host import RelayHost, State
 from .negotiation import STREAM_CLOSE, stream_error, stream_header
+from .splice import Splice
 
 if TYPE_CHECKING:
     from .config import Address
@@ -56,7 +58,7 @@ class Relay:
     __slots__ = (
         "_backend_ended",
         "_down_at_boundary",
-        "_early",
+        "_splice",
         "_splice_progress",
         "_unavailable",
         "_up_at_boundary",
@@ -73,7 +75,7 @@ class Relay:
         self.bytes_up = 0  # client -> backend, after TLS
         self.bytes_down = 0  # backend -> client
         self.half_closed = False  # the client ended its side: nothing more is read from it
-        self._early = b""  # the ClientHello (and anything after it) while splicing connects
+        self._splice: Splice | None = None  # getting a spliced session to Prosody's TLS
         self._splice_progress = _SPLICE_HELLO_SENT
         self._unavailable: PreTlsParser | None = None
         # Whether the last byte relayed each way closed a tag: only then may a stream-level
@@ -112,7 +114,8 @@ class Relay:
 
     def client_early(self, data: bytes | memoryview) -> None:
         """Bytes while the splice connects: kept (a copy; reading is paused: at most one read)."""
-        self._early += data
+        assert self._splice is not None
+        self._splice.early(data)
 
     def read_tls(self) -> None:
         """Decrypt everything buffered and relay it to the backend, in one write."""
@@ -246,7 +249,7 @@ class Relay:
 
     # -- connecting -----------------------------------------------------------------------
 
-    async def _open(
+    async def open_backend(
         self, address: Address, waiting: State, failed: Callable[[Exception], None]
     ) -> BackendConnection | None:
         """The one bounded connect to Prosody (plaintext port, or its TLS port for a splice),
@@ -277,7 +280,7 @@ class Relay:
     async def _connect_backend(self) -> None:
         session = self.session
         settings = session.server.settings
-        backend = await self._open(settings.backend, State.CONNECTING, self._backend_unavailable)
+        backend = await self.open_backend(settings.backend, State.CONNECTING, self._backend_unavailable)
         if backend is None:
             return
         self.backend = backend
@@ -302,46 +305,11 @@ class Relay:
         if session.state is State.UNAVAILABLE and session.transport is not None:
             session.transport.resume_reading()
 
-    def splice(self, raw: bytes) -> None:
+    def splice(self, raw: bytes, sni: str | None) -> None:
         """A modern client under ``legacy-only`` (SPLICING): connect to Prosody's TLS port and
-        replay ``raw`` (the ClientHello) there."""
-        transport = self.session.transport
-        assert transport is not None
-        self._early = raw
-        transport.pause_reading()  # until Prosody's TLS port can take the bytes
-        self.session.start_task(self._connect_splice())
-
-    async def _connect_splice(self) -> None:
-        session = self.session
-        backend = await self._open(session.server.settings.tls.backend, State.SPLICING, self._splice_failed)
-        if backend is None:
-            return
-        # The handshake timer goes on: the handshake is Prosody's now, but until it is under way
-        # (see from_backend) a stalled client is still ours to end.
-        self.backend = backend
-        session.state = State.SPLICE
-        session.spliced()
-        early, self._early = self._early, b""
-        self.bytes_up += len(early)
-        backend.write(early)
-        if session.transport is not None:
-            session.transport.resume_reading()
-
-    def _splice_failed(self, exc: Exception) -> None:
-        """Never worse than terminate-all: do the TLS here and relay in plaintext."""
-        session = self.session
-        session.server.backend_failed()
-        log.warning(
-            "conn=%d Prosody's TLS port %s unavailable (%s): terminating this client's TLS here",
-            session.conn_id,
-            session.server.settings.tls.backend,
-            describe(exc),
-        )
-        early, self._early = self._early, b""
-        session.terminate(early)
-        transport = session.transport
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        replay ``raw`` (the ClientHello, naming ``sni``) there (splice.py)."""
+        self._splice = Splice(self, raw)
+        self._splice.start(sni)
 
     # -- UNAVAILABLE ----------------------------------------------------------------------
 

@@ -260,10 +260,10 @@ class ClientSession(asyncio.BufferedProtocol):
             if data:
                 self.transport.write(data)
 
-    def splice(self, raw: bytes) -> None:
+    def splice(self, raw: bytes, sni: str | None) -> None:
         self.route = "passthrough"
         self.state = State.SPLICING
-        self._relay().splice(raw)
+        self._relay().splice(raw, sni)
 
     def _relay(self) -> Relay:
         """The relay, made once TLS is up (or on its way to Prosody): a session that fails its

@@ -23,6 +23,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOOPS: Final = ("auto", "asyncio", "uvloop")
 PROXY_PROTOCOLS: Final = ("off", "v1", "v2")
 TLS_ROUTINGS: Final = ("terminate-all", "legacy-only")
+# How a spliced client reaches Prosody (tls.splice): its direct-TLS port, or a plaintext port where
+# bbproxy sends the PROXY header (send_proxy_protocol) and does STARTTLS first.
+TLS_SPLICES: Final = ("direct-tls", "starttls")
 
 
 class ConfigError(Exception):
@@ -80,6 +83,7 @@ class TlsPolicy:
 
     routing: str = "terminate-all"
     backend: Address = DEFAULT_TLS_BACKEND
+    splice: str = "direct-tls"  # what ``backend`` is: Prosody's direct TLS, or STARTTLS (TLS_SPLICES)
     legacy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),

@@ -744,6 +744,18 @@ def read_proceed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return data
 
 
+def starttls_over(sock: socket.socket, version: str, cafile: Path | None) -> ssl.SSLSocket:
+    """STARTTLS through the proxy on a connected socket, then the client's TLS at ``version``."""
+    try:
+        open_stream(sock)
+        sock.sendall(STARTTLS)
+        read_proceed(sock)
+        return client_context(version, cafile).wrap_socket(sock, server_hostname=DOMAIN)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def client_hello(version: str) -> bytes:
     """The bytes of a real ClientHello for ``version`` (generated with a memory BIO)."""
     ctx = client_context(version, None)

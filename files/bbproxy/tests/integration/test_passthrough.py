@@ -30,15 +30,13 @@ from .support import (
     Certs,
     Prosody,
     ProxyFactory,
-    client_context,
     connect,
     free_port,
-    open_stream,
     port_accepts,
-    read_proceed,
     recv_until,
     run_login_check,
     running_prosody,
+    starttls_over,
     stream_header,
     wait_until,
 )
@@ -79,11 +77,7 @@ def tls_prosody(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Itera
 
 
 def starttls(port: int, version: str, cafile: Path) -> ssl.SSLSocket:
-    sock = connect(port)
-    open_stream(sock)
-    sock.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    read_proceed(sock)
-    return client_context(version, cafile).wrap_socket(sock, server_hostname=DOMAIN)
+    return starttls_over(connect(port), version, cafile)
 
 
 def leaf_der(chain: Path) -> bytes:

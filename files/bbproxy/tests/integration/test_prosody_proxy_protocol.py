@@ -339,7 +339,7 @@ module = {
 	shared = function () return {}; end;
 	log = function () end;
 	add_timer = function () end;
-	provides = function (_, kind, item) assert(kind == "net"); service = item; end;
+	provides = function (_, kind, item) assert(kind == "net"); service = service or item; end; -- the first
 }
 dofile(module_file)
 local listener = assert(service, "no net service provided").listener
