@@ -44,7 +44,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
 	bench-login bench-storm torture security tlsfuzzer
 
 help:
@@ -55,7 +55,7 @@ help:
 	@echo "  make venv           .venv/ from requirements-dev.txt (+ files/bbproxy editable)"
 	@echo "  make interop-deps   .interop/: the npm client of the interop matrix (pinned)"
 	@echo "  make image          Debian 12 systemd image (cached by tag)"
-	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck, role docs"
+	@echo "  make lint           yamllint, ansible-lint, ruff, mypy, shellcheck, role docs, vault example"
 	@echo "  make test-python    pytest files/bbproxy/tests (and tools/tests if present)"
 	@echo "  make molecule       molecule test: Debian 12 / Prosody 0.12"
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
@@ -166,7 +166,7 @@ SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard 
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
 lint: venv
-	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types lint-shell lint-role-docs
+	@$(MAKE) -k lint-yaml lint-ansible lint-python lint-types lint-shell lint-role-docs lint-vault
 
 lint-yaml:
 	@echo "--- yamllint"
@@ -188,6 +188,12 @@ lint-shell:
 lint-role-docs:
 	@echo "--- role docs (roles/bbproxy/tests/check_docs.py)"
 	$(BIN)/python roles/bbproxy/tests/check_docs.py
+
+# The example inventory's ansible-vault file still decrypts with the documented example password
+# and every account password in it comes from the vault (docs/operating.md).
+lint-vault:
+	@echo "--- vault example (tools/check_vault_example.py)"
+	$(BIN)/python tools/check_vault_example.py
 
 lint-types:
 	@if [ -d files/bbproxy/src ]; then \

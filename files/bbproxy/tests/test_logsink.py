@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,102 @@ def test_flush_writes_what_waits(sink: Sink) -> None:
         assert stream.getvalue().endswith("conn=9 last\n")
 
     asyncio.run(scenario())
+
+
+# ---- journald priorities (sd-daemon(3) prefixes, only when stderr is the journal) -----------
+
+
+def test_journal_priority_prefixes_per_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = CountingStream()
+    handler = logsink.TurnHandler(stream, stamped=False, prefix="worker=2 ", priorities=True)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logsink, "_fast", handler)
+    log = logging.getLogger("bbproxy.server")
+    monkeypatch.setattr(log, "level", logging.DEBUG)
+    log.debug("d %d", 1)
+    log.info("i %d", 2)
+    logsink.info(log, "fast %d", 3)  # the sessions' direct path
+    log.warning("w %d", 4)
+    log.error("e %d", 5)
+    log.critical("c %d", 6)
+    log.log(25, "between info and warning")
+    assert stream.getvalue().splitlines() == [
+        "<7>DEBUG worker=2 d 1",
+        "<6>INFO worker=2 i 2",
+        "<6>INFO worker=2 fast 3",
+        "<4>WARNING worker=2 w 4",
+        "<3>ERROR worker=2 e 5",
+        "<2>CRITICAL worker=2 c 6",
+        "<6>Level 25 worker=2 between info and warning",
+    ]
+
+
+def test_every_line_of_a_multiline_record_keeps_its_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """journald reads each line on its own: a traceback's lines must not fall back to info."""
+    stream = CountingStream()
+    handler = logsink.TurnHandler(stream, stamped=False, priorities=True)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logsink, "_fast", handler)
+    log = logging.getLogger("bbproxy.server")
+    monkeypatch.setattr(log, "level", logging.INFO)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    logsink.info(log, "two\nlines")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "<3>ERROR failed" and len(lines) > 3
+    assert all(line.startswith("<3>") for line in lines[:-2]), lines
+    assert lines[-2:] == ["<6>INFO two", "<6>lines"]
+
+
+def test_no_prefix_unless_asked(sink: Sink) -> None:
+    _, stream = sink()
+    log = logging.getLogger("bbproxy.session")
+    log.warning("conn=%d w", 1)
+    logsink.info(log, "conn=%d i", 2)
+    lines = [STAMP.sub("", line) for line in stream.getvalue().splitlines()]
+    assert lines == ["WARNING worker=1 conn=1 w", "INFO worker=1 conn=2 i"]
+
+
+def test_stderr_is_journal_only_for_the_stream_systemd_named(tmp_path: Path) -> None:
+    """JOURNAL_STREAM is DEVICE:INODE of the journal stream; an inherited value that names
+    another file (stderr redirected) or none at all means no prefixes."""
+    path = tmp_path / "stderr"
+    other = tmp_path / "other"
+    with open(path, "w") as stream, open(other, "w") as redirected:
+        status = os.fstat(stream.fileno())
+        named = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        assert logsink.stderr_is_journal(stream, named)
+        assert not logsink.stderr_is_journal(redirected, named)
+        assert not logsink.stderr_is_journal(stream, {})
+        assert not logsink.stderr_is_journal(stream, {"JOURNAL_STREAM": "garbage"})
+    assert not logsink.stderr_is_journal(io.StringIO(), named)  # no descriptor at all
+
+
+def test_cli_logging_under_the_journal_has_priorities_and_no_stamps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cli.setup_logging: the journal gets "<N>" and no timestamps; anything else stamps, no "<N>"."""
+    from bbproxy import cli
+
+    path = tmp_path / "stderr"
+    handlers = logging.root.handlers[:]
+    level = logging.root.level
+    try:
+        with open(path, "w") as stream:
+            monkeypatch.setattr("sys.stderr", stream)
+            status = os.fstat(stream.fileno())
+            monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{status.st_ino}")
+            cli.setup_logging("info")
+            logging.getLogger("bbproxy").warning("journal %d", 1)
+            monkeypatch.setenv("JOURNAL_STREAM", "1:1")  # inherited, names another stream
+            cli.setup_logging("info")
+            logging.getLogger("bbproxy").warning("terminal %d", 2)
+            logging.root.handlers[0].flush()
+    finally:
+        logging.basicConfig(level=level, handlers=handlers, force=True)
+        monkeypatch.setattr(logsink, "_fast", None)
+    journal, terminal = path.read_text().splitlines()
+    assert journal == "<4>WARNING journal 1"
+    assert STAMP.match(terminal) and STAMP.sub("", terminal) == "WARNING terminal 2", terminal

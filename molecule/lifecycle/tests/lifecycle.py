@@ -7,8 +7,6 @@ scenario runs pytest with -x, so a failed phase stops the rest instead of failin
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import shlex
@@ -21,19 +19,28 @@ from typing import Any
 
 import pytest
 
-from support import REPO, LoginCheck, run_ok
+from support import (
+    PLAYBOOK_TIMEOUT,
+    REPO,
+    LoginCheck,
+    PlaybookRun,
+    expect_ok,
+    journal_cursor,
+    playbook_env,
+    playbook_result,
+    run_ok,
+    run_site,
+    site_command,
+)
 
-SITE = REPO / "site.yml"
+__all__ = ["PlaybookRun", "expect_ok", "journal_cursor", "run_site"]
+
 WHEEL_TOOL = REPO / "molecule" / "lifecycle" / "wheel.py"
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 # The proxy's start-up line (cli.py): one per start, with the version that started.
 STARTING = re.compile(r"\bbbproxy (\S+) starting on the ")
-RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RESTART_MARKER = "/var/lib/bbproxy/restart-pending"
 WHEEL_DIR = "/opt/bbproxy/wheels"
 WHEEL_STAMP = "/opt/bbproxy/venv/bbproxy-wheel.sha1"
-PLAYBOOK_TIMEOUT = 900
 
 
 def source_version() -> str:
@@ -55,55 +62,13 @@ def build_wheel(version: str) -> Path:
     return Path(done.stdout.strip())
 
 
-@dataclasses.dataclass(frozen=True)
-class PlaybookRun:
-    rc: int
-    changed: int
-    failed: int
-    output: str
-
-    def describe(self) -> str:
-        return f"site.yml exited {self.rc} (changed={self.changed}, failed={self.failed}):\n{self.output[-6000:]}"
-
-
-def _command(extra_vars: dict[str, Any]) -> list[str]:
-    if not os.environ.get("MOLECULE_INVENTORY_FILE"):
-        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run these checks through `molecule verify`")
-    return [
-        str(ANSIBLE_PLAYBOOK), "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SITE),
-        "--extra-vars", json.dumps(extra_vars),
-    ]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    # Molecule's environment (ANSIBLE_CONFIG, roles path) reaches us through the verifier; its
-    # colours would only get in the way of reading the recap.
-    return dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-
-
-def _result(rc: int, output: str) -> PlaybookRun:
-    output = ANSI.sub("", output)
-    recaps = RECAP.findall(output)
-    changed = sum(int(r[1]) for r in recaps)
-    failed = sum(int(r[3]) + int(r[2]) for r in recaps)
-    return PlaybookRun(rc=rc, changed=changed, failed=failed, output=output)
-
-
-def run_site(extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
-    """ansible-playbook site.yml against the container, as an operator would run it."""
-    done = subprocess.run(
-        _command(extra_vars or {}), env=_env(), capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False
-    )
-    return _result(done.returncode, done.stdout + done.stderr)
-
-
 def run_site_killed_when(host: Any, check: str, extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
     """Start site.yml and SIGKILL it (its whole process group: forks, podman exec) as soon as the
     shell command CHECK succeeds in the container, like a controller that crashes or an SSH session
     that drops at that moment."""
     process = subprocess.Popen(
-        _command(extra_vars or {}),
-        env=_env(),
+        site_command(extra_vars or {}),
+        env=playbook_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -124,19 +89,7 @@ def run_site_killed_when(host: Any, check: str, extra_vars: dict[str, Any] | Non
         output, _ = process.communicate(timeout=60)
     if not killed:
         pytest.fail(f"`{check}` never succeeded in the container, so the run was not interrupted:\n{output[-6000:]}")
-    return _result(process.returncode, output)
-
-
-def expect_ok(run: PlaybookRun) -> PlaybookRun:
-    if run.rc != 0 or run.failed:
-        pytest.fail(run.describe())
-    return run
-
-
-def journal_cursor(host: Any) -> str:
-    last = run_ok(host, "journalctl -n 1 --show-cursor --no-pager -o cat").splitlines()[-1]
-    assert last.startswith("-- cursor: "), last
-    return last.removeprefix("-- cursor: ")
+    return playbook_result(process.returncode, output)
 
 
 def proxy_starts(host: Any, cursor: str) -> list[str]:

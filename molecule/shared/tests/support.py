@@ -9,11 +9,13 @@ Where the facts come from (each written down once):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 GROUP_VARS = HERE.parent / "group_vars" / "all.yml"
 LOGIN_TOOL = REPO / "tools" / "xmpp_login_check.py"
+SITE = REPO / "site.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+PLAYBOOK_TIMEOUT = 900
+RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BBPROXY_TOML = "/etc/bbproxy/bbproxy.toml"
 # s_client needs SECLEVEL 0 for TLS 1.0's MD5+SHA1 handshake signature on OpenSSL 3.
 LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
@@ -282,3 +289,73 @@ def read_until(sock: socket.socket, marker: bytes, limit: int = 65536) -> bytes:
             break
         data += chunk
     return data
+
+
+# ---- site.yml, run again from a check ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaybookRun:
+    rc: int
+    changed: int
+    failed: int
+    output: str
+
+    def describe(self) -> str:
+        return f"site.yml exited {self.rc} (changed={self.changed}, failed={self.failed}):\n{self.output[-6000:]}"
+
+    def changed_tasks(self) -> list[str]:
+        """The names of the tasks and handlers that reported "changed" (default callback output)."""
+        names, current = [], ""
+        for line in self.output.splitlines():
+            header = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \*+$", line)
+            if header:
+                current = header.group(1).split(" : ", 1)[-1]
+            elif line.startswith("changed: [") and current not in names:
+                names.append(current)
+        return names
+
+
+def site_command(extra_vars: dict[str, Any], *, tags: str = "") -> list[str]:
+    if not os.environ.get("MOLECULE_INVENTORY_FILE"):
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run these checks through `molecule verify`")
+    return [
+        str(ANSIBLE_PLAYBOOK), "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SITE),
+        "--extra-vars", json.dumps(extra_vars),
+    ] + (["--tags", tags] if tags else [])  # fmt: skip
+
+
+def playbook_env() -> dict[str, str]:
+    # Molecule's environment (ANSIBLE_CONFIG, roles path) reaches us through the verifier; its
+    # colours would only get in the way of reading the recap.
+    return dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+
+
+def playbook_result(rc: int, output: str) -> PlaybookRun:
+    output = ANSI.sub("", output)
+    recaps = RECAP.findall(output)
+    changed = sum(int(r[1]) for r in recaps)
+    failed = sum(int(r[3]) + int(r[2]) for r in recaps)
+    return PlaybookRun(rc=rc, changed=changed, failed=failed, output=output)
+
+
+def run_site(extra_vars: dict[str, Any] | None = None, *, tags: str = "") -> PlaybookRun:
+    """ansible-playbook site.yml against the container, as an operator would run it (with TAGS:
+    a partial run, --tags TAGS)."""
+    done = subprocess.run(
+        site_command(extra_vars or {}, tags=tags),
+        env=playbook_env(), capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False,
+    )  # fmt: skip
+    return playbook_result(done.returncode, done.stdout + done.stderr)
+
+
+def expect_ok(run: PlaybookRun) -> PlaybookRun:
+    if run.rc != 0 or run.failed:
+        pytest.fail(run.describe())
+    return run
+
+
+def journal_cursor(host: Any) -> str:
+    last = run_ok(host, "journalctl -n 1 --show-cursor --no-pager -o cat").splitlines()[-1]
+    assert last.startswith("-- cursor: "), last
+    return last.removeprefix("-- cursor: ")

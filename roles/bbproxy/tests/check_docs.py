@@ -6,8 +6,10 @@ Checks, and fails with one line per problem:
     from meta/argument_specs.yml;
   * every variable in defaults/main.yml has a spec and the same default, and every optional spec
     has a default in defaults/main.yml (required variables must have none, or an empty list);
-  * README.md's task table (between the BEGIN/END TASKS markers) has one row per tasks/*.yml, and
-    its "included by" column names exactly the task files that import or include that file.
+  * README.md's task table (between the BEGIN/END TASKS markers) has one row per tasks/*.yml, its
+    "included by" column names exactly the task files that import or include that file, and its
+    "tags" column names exactly the tags tasks/main.yml gives that file's import (files main.yml
+    does not import inherit their includer's tags: their cell names none).
 
     python3 roles/bbproxy/tests/check_docs.py           # check (exit 1 on any difference)
     python3 roles/bbproxy/tests/check_docs.py --write   # rewrite the README table from the specs
@@ -38,6 +40,8 @@ TASKS_END = "<!-- END TASKS -->"
 INCLUDE = re.compile(r"^\s*(?:ansible\.builtin\.)?(?:import|include)_tasks:\s*(\S+\.yml)\s*$", re.MULTILINE)
 # A task file named in backticks, without a directory (`vars/main.yml` is not one).
 TASK_FILE = re.compile(r"`([a-z0-9_]+\.yml)`")
+# A tag in the task table's "tags" column: a backticked word.
+TAG = re.compile(r"`([a-z_]+)`")
 
 
 def load_yaml(path: Path) -> Any:
@@ -96,6 +100,20 @@ def check_defaults(options: dict[str, dict[str, Any]], defaults: dict[str, Any])
     return problems
 
 
+def main_yml_tags(tasks: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The tags tasks/main.yml gives each file it imports (blocks included)."""
+    found: dict[str, set[str]] = {}
+    for task in tasks:
+        if "block" in task:
+            for name, tags in main_yml_tags(task["block"]).items():
+                found[name] = tags | set(task.get("tags", []))
+            continue
+        target = task.get("ansible.builtin.import_tasks") or task.get("ansible.builtin.include_tasks")
+        if target:
+            found[str(target)] = set(task.get("tags", []))
+    return found
+
+
 def check_task_table(readme: str) -> list[str]:
     """The README's task table against tasks/: one row per file, and who includes it."""
     if TASKS_BEGIN not in readme or TASKS_END not in readme:
@@ -105,16 +123,25 @@ def check_task_table(readme: str) -> list[str]:
     for path in TASKS.glob("*.yml"):
         for target in INCLUDE.findall(path.read_text(encoding="utf-8")):
             included_by.setdefault(target, set()).add(path.name)
+    tagged = main_yml_tags(load_yaml(TASKS / "main.yml"))
     problems = []
     rows: dict[str, set[str]] = {}
+    row_tags: dict[str, set[str]] = {}
     for line in table.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 3 or not cells[0].startswith("`"):
+        if len(cells) < 4 or not cells[0].startswith("`"):
             continue
         name = cells[0].strip("`")
         if name in rows:
             problems.append(f"README.md: task table lists {name} twice")
         rows[name] = set(TASK_FILE.findall(cells[1]))
+        row_tags[name] = set(TAG.findall(cells[2]))
+    for name in sorted(row_tags):
+        if row_tags[name] != tagged.get(name, set()):
+            problems.append(
+                f"README.md: task table gives {name} the tags {sorted(row_tags[name])}, "
+                f"tasks/main.yml gives it {sorted(tagged.get(name, set()))}"
+            )
     for name in sorted(included_by.keys() - rows.keys()):
         problems.append(f"README.md: task table has no row for tasks/{name}")
     for name in sorted(rows.keys() - included_by.keys()):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -22,9 +21,11 @@ log = logging.getLogger("bbproxy")
 
 
 def setup_logging(level: str, prefix: str = "") -> None:
-    # Under systemd the journal stamps each line; elsewhere we do. Workers share one stderr
-    # stream (the journal files it all under the main PID), so their lines say which they are.
-    logsink.install(level, sys.stderr, stamped=not os.environ.get("JOURNAL_STREAM"), prefix=prefix)
+    # Under systemd the journal stamps each line, and files it at the priority its "<N>" prefix
+    # names; elsewhere we stamp and add no prefix. Workers share one stderr stream (the journal
+    # files it all under the main PID), so their lines say which they are.
+    journal = logsink.stderr_is_journal(sys.stderr)
+    logsink.install(level, sys.stderr, stamped=not journal, prefix=prefix, priorities=journal)
     # Every session logs; the format uses none of the thread, process or caller fields, so skip
     # collecting them for each record (the logging HOWTO's "Optimization" section).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

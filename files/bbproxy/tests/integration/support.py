@@ -478,7 +478,10 @@ class ProxyStarter:
         domains: Sequence[str] = (DOMAIN,),
         extra_args: Sequence[str] = (),
         ready_timeout: float = 15.0,
+        journal: bool = False,
     ) -> ProxyProcess:
+        """journal: JOURNAL_STREAM names the log file, as systemd names the journal stream it
+        connects a unit's stderr to (the proxy then writes journald priority prefixes)."""
         self._n += 1
         port = free_port()
         direct_port = free_port() if direct_tls else None
@@ -502,12 +505,18 @@ class ProxyStarter:
         args += list(extra_args)
         log_path = self.directory / f"proxy{self._n}.log"
         with log_path.open("wb") as log:
+            env = proxy_env()
+            if journal:
+                status = os.fstat(log.fileno())
+                env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+            else:
+                env.pop("JOURNAL_STREAM", None)
             proc = subprocess.Popen(
                 owned_command([*proxy_command(), *args]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=proxy_env(),
+                env=env,
                 start_new_session=True,
             )
         proxy = ProxyProcess(proc, log_path, port, direct_port, backend, loop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import ssl
@@ -87,6 +88,27 @@ def test_backend_down_error_answers_the_clients_stream_header(
     for version in ("1.0", "1.3"):
         down = run_login_check(port=proxy.port, prosody=prosody, cafile=certs.cafile, tls=version, timeout=10)
         assert "stream error <remote-connection-failed/>" in down.output, down.output
+
+
+def test_under_the_journal_each_line_carries_its_priority(proxy_factory: ProxyFactory, certs: Certs) -> None:
+    """stderr as the journal stream (JOURNAL_STREAM names it, as systemd does): every line starts
+    with its sd-daemon(3) priority, the backend outage "<4>", the rest "<6>", with no timestamp
+    (journald strips the prefix and files the line at it). Without it, no line has a prefix."""
+    for journal in (True, False):
+        proxy = proxy_factory(backend=f"{LOOPBACK}:{free_port()}", journal=journal)
+        with starttls_session(proxy.port, certs.cafile, "1.0") as tls:
+            tls.sendall(stream_header())
+            recv_until_closed(tls, 10.0)
+        proxy.stop()
+        lines = proxy.log_text().splitlines()
+        warnings = [line for line in lines if "WARNING conn=" in line and " unavailable: " in line]
+        assert len(warnings) == 1, lines
+        if journal:
+            assert warnings[0].startswith("<4>WARNING conn="), warnings
+            assert all(re.match(r"<[2-7]>[A-Z]+ ", line) for line in lines), lines
+            assert sum(line.startswith("<6>INFO ") for line in lines) >= 2, lines
+        else:
+            assert not any(line.startswith("<") for line in lines), lines
 
 
 def test_backend_closing_mid_session_closes_the_client(proxy_factory: ProxyFactory, certs: Certs) -> None:
