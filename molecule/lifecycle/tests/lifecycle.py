@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from support import (
     PlaybookRun,
     expect_ok,
     journal_cursor,
+    journal_text_since,
     playbook_env,
     playbook_result,
     run_ok,
@@ -94,8 +94,7 @@ def run_site_killed_when(host: Any, check: str, extra_vars: dict[str, Any] | Non
 
 def proxy_starts(host: Any, cursor: str) -> list[str]:
     """The versions the proxy started as since CURSOR, in order (its start-up log line)."""
-    text = run_ok(host, f"journalctl -u bbproxy --no-pager -o cat --after-cursor {shlex.quote(cursor)}")
-    return STARTING.findall(text)
+    return STARTING.findall(journal_text_since(host, cursor, "bbproxy"))
 
 
 def installed_version(host: Any) -> str:

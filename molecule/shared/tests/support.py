@@ -262,8 +262,7 @@ class ProsodyLog:
         text = [
             self.host.run(f"tail -c +{size + 1} {shlex.quote(name)}").stdout for name, size in mark["sizes"].items()
         ]
-        cursor = shlex.quote(mark["cursor"])
-        text.append(run_ok(self.host, f"journalctl -u prosody --no-pager -o cat --after-cursor {cursor}"))
+        text.append(journal_text_since(self.host, mark["cursor"], "prosody"))
         return "".join(text)
 
 
@@ -359,3 +358,20 @@ def journal_cursor(host: Any) -> str:
     last = run_ok(host, "journalctl -n 1 --show-cursor --no-pager -o cat").splitlines()[-1]
     assert last.startswith("-- cursor: "), last
     return last.removeprefix("-- cursor: ")
+
+
+def journal_since(host: Any, cursor: str, unit: str, priority: str | None = None) -> list[dict[str, Any]]:
+    """UNIT's journal entries after CURSOR (at PRIORITY or more severe), as journalctl's JSON.
+
+    --cursor, not --after-cursor: systemd 252's --after-cursor skips the first entry that matches
+    the filters when the cursor's own entry does not. --cursor starts at the cursor's entry, which
+    is dropped here if it matches."""
+    level = f" -p {priority}" if priority else ""
+    command = f"journalctl -u {unit} --no-pager -o json{level} --cursor {shlex.quote(cursor)}"
+    entries = [json.loads(line) for line in run_ok(host, command).splitlines() if line.strip()]
+    return [entry for entry in entries if entry.get("__CURSOR") != cursor]
+
+
+def journal_text_since(host: Any, cursor: str, unit: str) -> str:
+    """The messages of UNIT's journal entries after CURSOR, one per line (like ``-o cat``)."""
+    return "".join(f"{entry.get('MESSAGE', '')}\n" for entry in journal_since(host, cursor, unit))

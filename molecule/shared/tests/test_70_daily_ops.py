@@ -6,7 +6,6 @@ it back, so they run after everything else (files run in name order).
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from support import (
     expect_ok,
     file_fingerprint,
     journal_cursor,
+    journal_since,
     listening,
     main_pid,
     negotiated_protocol,
@@ -48,14 +48,9 @@ TOUCHED = {PROSODY_CONFIG: "-- changed by test_70_daily_ops\n", PROXY_CONFIG: "#
 
 
 def bbproxy_journal(host: Any, cursor: str, priority: str) -> list[dict[str, Any]]:
-    """The proxy's journal entries after CURSOR at PRIORITY or more severe, as journalctl's JSON.
-
-    --cursor, not --after-cursor: systemd 252's --after-cursor skips the first entry that matches
-    the filters when the cursor's own entry does not (here: the only warning). --cursor starts at
-    the cursor's entry, which is dropped here if it matches."""
-    output = run_ok(host, f"journalctl -u bbproxy --no-pager -o json -p {priority} --cursor {shlex.quote(cursor)}")
-    entries = [json.loads(line) for line in output.splitlines() if line.strip()]
-    return [entry for entry in entries if entry.get("__CURSOR") != cursor]
+    """The proxy's journal entries after CURSOR at PRIORITY or more severe (here: the only warning,
+    which --after-cursor would skip: support.journal_since)."""
+    return journal_since(host, cursor, "bbproxy", priority)
 
 
 def test_warnings_reach_the_journal_as_warnings(host: Any, scenario: Scenario) -> None:
