@@ -44,7 +44,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot test demo demo-clean bench \
 	torture security tlsfuzzer
 
 help:
@@ -61,6 +61,7 @@ help:
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
 	@echo "  make molecule-federation  molecule test: two servers federating over s2s TLS"
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
+	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 	@echo "make torture          floods, hostile input, faults vs a real Prosody, < 10 min (TORTURE_ARGS=--short)"
 	@echo "make security         testssl.sh policy check of a local proxy (docs/security.md), ~2 min"
@@ -150,7 +151,7 @@ endef
 
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
-PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle scripts bench)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle molecule/certbot scripts bench)
 SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
@@ -223,6 +224,12 @@ molecule-federation: venv image
 # killed run and an interrupted apt, bbproxy_state absent (Prosody on its own TLS), reinstall.
 molecule-lifecycle: venv image
 	$(call molecule_test,lifecycle)
+
+# Certificates renewed for real on Debian 12: certbot against Debian's pebble (a test ACME server)
+# in the container, renewals with Prosody's import as a hook file and as a stored --deploy-hook,
+# the proxy serving each new certificate with live sessions kept, a missing source in the journal.
+molecule-certbot: venv image
+	$(call molecule_test,certbot)
 
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
 # summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes and
