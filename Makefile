@@ -4,7 +4,8 @@
 #                    show a TLS 1.0 client logging in through the proxy   (make demo-clean)
 #   make test        apt packages (when root) + pinned venv, then every test layer:
 #                    lint, Python tests, molecule test on Debian 12 and 13, two federating
-#                    servers and the role's lifecycle (upgrade, faults, removal)
+#                    servers, the role's lifecycle (upgrade, faults, removal) and certbot
+#                    renewals against a local ACME server
 #
 # Run `make help` for the single layers. Everything container-related needs root (privileged
 # systemd containers); see docs/testing.md.
@@ -232,10 +233,10 @@ molecule-certbot: venv image
 	$(call molecule_test,certbot)
 
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
-# summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes and
-# the two-server federation scenario about 6; skip them locally with:
+# summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes,
+# the two-server federation scenario about 6 and the certbot renewals about 5; skip them locally with:
 # make test TEST_LAYERS="lint test-python molecule"
-TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation molecule-lifecycle
+TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot
 test: deps venv
 	@failed=""; summary=""; start_all=$$SECONDS; \
 	for layer in $(TEST_LAYERS); do \
