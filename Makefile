@@ -4,7 +4,8 @@
 #                    show a TLS 1.0 client logging in through the proxy   (make demo-clean)
 #   make test        apt packages (when root) + pinned venv, then every test layer:
 #                    lint, Python tests, molecule test on Debian 12 and 13, two federating
-#                    servers and the role's lifecycle (upgrade, faults, removal)
+#                    servers, the role's lifecycle (upgrade, faults, removal) and certbot
+#                    renewals against a local ACME server
 #
 # Run `make help` for the single layers. Everything container-related needs root (privileged
 # systemd containers); see docs/testing.md.
@@ -44,7 +45,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot test demo demo-clean bench \
 	bench-login bench-storm torture security tlsfuzzer
 
 help:
@@ -61,6 +62,7 @@ help:
 	@echo "  make molecule-trixie  molecule test: Debian 13 / Prosody 13"
 	@echo "  make molecule-federation  molecule test: two servers federating over s2s TLS"
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
+	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
 	@echo "make bench-storm      1 000 logged-in sessions reset at once and back, bbproxy vs haproxy, ~2 min"
@@ -161,7 +163,7 @@ endef
 
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
-PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle scripts bench)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle molecule/certbot scripts bench)
 SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
@@ -241,11 +243,17 @@ molecule-federation: venv image
 molecule-lifecycle: venv image
 	$(call molecule_test,lifecycle)
 
+# Certificates renewed for real on Debian 12: certbot against Debian's pebble (a test ACME server)
+# in the container, renewals with Prosody's import as a hook file and as a stored --deploy-hook,
+# the proxy serving each new certificate with live sessions kept, a missing source in the journal.
+molecule-certbot: venv image
+	$(call molecule_test,certbot)
+
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
-# summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes and
-# the two-server federation scenario about 6; skip them locally with:
+# summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes,
+# the two-server federation scenario about 6 and the certbot renewals about 5; skip them locally with:
 # make test TEST_LAYERS="lint test-python molecule"
-TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation molecule-lifecycle
+TEST_LAYERS ?= lint test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot
 test: deps venv
 	@failed=""; summary=""; start_all=$$SECONDS; \
 	for layer in $(TEST_LAYERS); do \

@@ -8,15 +8,19 @@ Where the facts come from (each written down once):
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -375,3 +379,54 @@ def journal_since(host: Any, cursor: str, unit: str, priority: str | None = None
 def journal_text_since(host: Any, cursor: str, unit: str) -> str:
     """The messages of UNIT's journal entries after CURSOR, one per line (like ``-o cat``)."""
     return "".join(f"{entry.get('MESSAGE', '')}\n" for entry in journal_since(host, cursor, unit))
+
+
+# ---- a live TLS 1.0 session from the host ---------------------------------------------------
+
+
+def legacy_client_context() -> ssl.SSLContext:
+    """A TLS 1.0 client like a BlackBerry 10; it trusts anything (fingerprints are compared)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+def open_session(scenario: Scenario) -> ssl.SSLSocket:
+    """STARTTLS with TLS 1.0 through the published port, up to Prosody's SASL features."""
+    raw = socket.create_connection(("127.0.0.1", scenario.host_port(5222)), timeout=15)
+    raw.sendall(stream_header(scenario.domain))
+    assert b"starttls" in read_until(raw, b"</stream:features>")
+    raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    # Read exactly the <proceed/> element: a byte more would be the server's TLS data.
+    proceed = b""
+    while not re.search(rb"<proceed[^>]*/>", proceed) and len(proceed) < 1024:
+        byte = raw.recv(1)
+        if not byte:
+            break
+        proceed += byte
+    assert re.search(rb"<proceed[^>]*/>", proceed), proceed
+    session = legacy_client_context().wrap_socket(raw, server_hostname=scenario.domain)
+    session.sendall(stream_header(scenario.domain))
+    features = read_until(session, b"</stream:features>")
+    assert b"PLAIN" in features, f"no SASL PLAIN from Prosody behind the proxy: {features!r}"
+    return session
+
+
+def fingerprint_of(session: ssl.SSLSocket) -> str:
+    der = session.getpeercert(binary_form=True)
+    assert der
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def authenticate(session: ssl.SSLSocket, user: User) -> bytes:
+    """SASL PLAIN as USER on a session at Prosody's SASL features; Prosody's reply (<success/> or not)."""
+    token = base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode()
+    session.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
+    return read_until(session, b"success")

@@ -6,14 +6,8 @@ file order) and the certificate test is the very last one.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import re
 import shlex
-import socket
-import ssl
-import warnings
 from typing import Any
 
 import pytest
@@ -21,14 +15,15 @@ import pytest
 from support import (
     LoginCheck,
     Scenario,
+    authenticate,
     file_fingerprint,
+    fingerprint_of,
     listening,
     main_pid,
-    read_until,
+    open_session,
     run_ok,
     served_fingerprint,
     socket_as,
-    stream_header,
     tls10_cert_path,
     wait_for,
 )
@@ -182,47 +177,6 @@ def test_public_ports_stay_taken_after_the_restart(host: Any) -> None:
     assert socket_as(host, "nobody", "bind", "0.0.0.0", 5200) == "ok"
 
 
-def legacy_client_context() -> ssl.SSLContext:
-    """A TLS 1.0 client like a BlackBerry 10; it trusts anything (fingerprints are compared)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return context
-
-
-def open_session(scenario: Scenario) -> ssl.SSLSocket:
-    """STARTTLS with TLS 1.0 through the published port, up to Prosody's SASL features."""
-    raw = socket.create_connection(("127.0.0.1", scenario.host_port(5222)), timeout=15)
-    raw.sendall(stream_header(scenario.domain))
-    assert b"starttls" in read_until(raw, b"</stream:features>")
-    raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    # Read exactly the <proceed/> element: a byte more would be the server's TLS data.
-    proceed = b""
-    while not re.search(rb"<proceed[^>]*/>", proceed) and len(proceed) < 1024:
-        byte = raw.recv(1)
-        if not byte:
-            break
-        proceed += byte
-    assert re.search(rb"<proceed[^>]*/>", proceed), proceed
-    session = legacy_client_context().wrap_socket(raw, server_hostname=scenario.domain)
-    session.sendall(stream_header(scenario.domain))
-    features = read_until(session, b"</stream:features>")
-    assert b"PLAIN" in features, f"no SASL PLAIN from Prosody behind the proxy: {features!r}"
-    return session
-
-
-def fingerprint_of(session: ssl.SSLSocket) -> str:
-    der = session.getpeercert(binary_form=True)
-    assert der
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
 def test_sighup_serves_new_cert_and_keeps_sessions(host: Any, scenario: Scenario, proxy_config: dict[str, Any]) -> None:
     cert, key = tls10_cert_path(proxy_config, scenario.domain)  # what served_fingerprint() sees
     old = file_fingerprint(host, cert)
@@ -250,10 +204,7 @@ def test_sighup_serves_new_cert_and_keeps_sessions(host: Any, scenario: Scenario
         if scenario.direct_tls:
             assert served_fingerprint(host, 5223, scenario.domain, starttls=False) == new
         # The session opened before the reload still relays to Prosody: log in on it.
-        user = scenario.users[0]
-        token = base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode()
-        session.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
-        reply = read_until(session, b"success")
+        reply = authenticate(session, scenario.users[0])
         assert b"<success" in reply, f"the pre-reload session no longer works: {reply!r}"
     finally:
         session.close()
