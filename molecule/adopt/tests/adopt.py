@@ -82,14 +82,13 @@ async def _inspect(jid: str, password: str, port: int, ctx: ssl.SSLContext, targ
     try:
         client.connect("127.0.0.1", port)
         await asyncio.wait_for(ready, 30)
-        roster_iq = await client.get_roster(timeout=15)
+        request = client.Iq()
+        request["type"] = "get"
+        request.enable("roster")
+        response = await request.send(timeout=15)
         roster = {
-            str(item["jid"]): {
-                "subscription": item["subscription"],
-                "name": item["name"],
-                "groups": sorted(item["groups"]),
-            }
-            for item in roster_iq["roster"]
+            str(jid): {"subscription": item["subscription"], "name": item["name"], "groups": sorted(item["groups"])}
+            for jid, item in response["roster"]["items"].items()
         }
         disco = {}
         for target in targets:

@@ -74,7 +74,7 @@ def test_roster_muc_and_upload_intact(scenario_vars: dict[str, Any], port: int, 
     name, _, domain = owner.partition("@")
     account = next(a for a in scenario_vars["adopt_accounts"] if a["name"] == name and a["domain"] == domain)
     muc, upload = scenario_vars["adopt_muc"], scenario_vars["adopt_upload"]
-    found = inspect(owner, account["password"], port, context("1.3", cafiles[domain]), [muc, upload, domain])
+    found = inspect(owner, account["password"], port, context("1.3", cafiles[domain]), [muc, upload, owner])
     contact = scenario_vars["adopt_roster_contact"]
     assert found["roster"].get(contact) == {"subscription": "both", "name": "Carol", "groups": ["Team"]}, found[
         "roster"
@@ -82,5 +82,5 @@ def test_roster_muc_and_upload_intact(scenario_vars: dict[str, Any], port: int, 
     assert ("conference", "text") in found["disco"][muc]["identities"], found["disco"][muc]
     assert "http://jabber.org/protocol/muc" in found["disco"][muc]["features"]
     assert "urn:xmpp:http:upload:0" in found["disco"][upload]["features"], found["disco"][upload]
-    # mod_mam, from the operator's own modules_enabled.
-    assert "urn:xmpp:mam:2" in found["disco"][domain]["features"], found["disco"][domain]
+    # mod_mam (the account's archive), from the operator's own global modules_enabled.
+    assert "urn:xmpp:mam:2" in found["disco"][owner]["features"], found["disco"][owner]
