@@ -238,6 +238,7 @@ molecule-lifecycle: venv image
 
 # Adopting a Prosody server configured by hand (two VirtualHosts, MUC, http_file_share, accounts,
 # a roster, its own TLS) with bbproxy_prosody_adopt "carry_over"; later runs and the refusals.
+# About 7 min: not in TEST_LAYERS (docs/testing.md).
 molecule-adopt: venv image
 	$(call molecule_test,adopt)
 
