@@ -45,7 +45,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot molecule-adopt test demo demo-clean bench \
 	bench-login bench-storm torture security tlsfuzzer
 
 help:
@@ -63,6 +63,7 @@ help:
 	@echo "  make molecule-federation  molecule test: two servers federating over s2s TLS"
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
 	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
+	@echo "  make molecule-adopt       molecule test: adopting a hand-configured Prosody server"
 	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 15 min)"
 	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
 	@echo "make bench-storm      1 000 logged-in sessions reset at once and back, bbproxy vs haproxy, ~2 min"
@@ -163,7 +164,7 @@ endef
 
 # Lint only tracked and new files (never .venv/ or other ignored trees).
 YAML_FILES = $(shell git ls-files --cached --others --exclude-standard -- '*.yml' '*.yaml' | sort -u)
-PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/lifecycle molecule/certbot scripts bench)
+PY_DIRS = $(wildcard files/bbproxy tools molecule/shared/tests molecule/federation/tests molecule/adopt/tests molecule/lifecycle molecule/certbot scripts bench)
 SHELL_FILES = .ci/run $(shell git ls-files --cached --others --exclude-standard -- '*.sh' | sort -u)
 
 # Every linter runs (-k) even when an earlier one fails, so one run shows every finding.
@@ -248,6 +249,12 @@ molecule-lifecycle: venv image
 # the proxy serving each new certificate with live sessions kept, a missing source in the journal.
 molecule-certbot: venv image
 	$(call molecule_test,certbot)
+
+# Adopting a Prosody server configured by hand (two VirtualHosts, MUC, http_file_share, accounts,
+# a roster, its own TLS) with bbproxy_prosody_adopt "carry_over"; later runs and the refusals.
+# About 7 min: not in TEST_LAYERS (docs/testing.md).
+molecule-adopt: venv image
+	$(call molecule_test,adopt)
 
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the
 # summary at the end says which failed and how long each took. Debian 13 adds about 4 minutes,
