@@ -49,7 +49,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -424,19 +426,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
-        return 0
-    if shutil.which("prosody") is None or shutil.which("prosodyctl") is None:
-        print("login: prosody not installed (apt-get install prosody)", file=sys.stderr)
-        return 2
+def run_over_paths(
+    name: str,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    settings: dict[str, Any],
+    body: Callable[[Env, dict[str, Path3], list[dict[str, Any]]], None],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """The frame of login.py and storm.py: start the paths, run ``body`` (which appends result
+    rows), stop everything (also on SIGTERM/SIGINT/SIGHUP), write ``<name>-<stamp>.{json,md}`` to
+    ``args.out``; the work directory is kept when anything went wrong."""
     raise_nofile()
-    workdir = Path(tempfile.mkdtemp(prefix="bbproxy-login-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bbproxy-{name}-"))
     env = Env(args, {}, workdir, Processes())
     started = time.monotonic()
-    env.deadline = started + args.budget
+    env.deadline = started + getattr(args, "budget", 3600)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -453,36 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         env.certs = make_certs(workdir)
         paths = start_paths(env, args.paths)
         run_noise = NoiseMeter(env)
-        limit = 120.0
-        for path in paths.values():  # warm-up, unmeasured: every code path loaded, caches filled
-            for mech in args.mechanisms:
-                warm = run_client(env, path, {"mechanism": mech, "rate": 0, "concurrency": 4, "count": 24,
-                                              "time_limit": 60}, f"warm-{path.name}-{mech}")  # fmt: skip
-                if warm["failures"]:
-                    raise BenchError(f"warm-up of {path.name} {mech} failed: {warm['failures']}")
-        order = list(paths.values())
-        for repeat in range(args.repeats):  # interleaved: every path once per repeat, in a rotated order
-            turn = order[repeat % len(order) :] + order[: repeat % len(order)]
-            for mech in args.mechanisms:
-                for path in turn:
-                    if env.remaining() < limit / 2:
-                        env.notes.append(
-                            f"skipped (time budget): saturation {path.name} {mech} #{repeat + 1}"
-                        )
-                        continue
-                    run = {"count": args.logins, "concurrency": args.concurrency, "repeat": repeat + 1}
-                    rows.append(
-                        measure(env, path, mech, "saturation", time_limit=min(limit, env.remaining()), **run)
-                    )
-        for mech in args.mechanisms:
-            rates = [r["logins_per_s"] for r in rows if r["mechanism"] == mech and r["mode"] == "saturation"]
-            rate = args.rate or (max(1.0, round(0.4 * min(rates), 1)) if rates else 5.0)
-            for path in order:
-                if env.remaining() < args.fixed_logins / rate + 10:
-                    env.notes.append(f"skipped (time budget): fixed load {path.name} {mech}")
-                    continue
-                rows.append(measure(env, path, mech, "fixed", count=args.fixed_logins, rate=rate,
-                                    time_limit=args.fixed_logins / rate + 30))  # fmt: skip
+        body(env, paths, rows)
     except KeyboardInterrupt:
         interrupted = True
         env.notes.append("interrupted")
@@ -493,41 +469,86 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "started": stamp,
         "duration_s": round(time.monotonic() - started, 1),
-        "command": " ".join([Path(sys.executable).name, "bench/login.py", *(argv or sys.argv[1:])]),
+        "command": " ".join([Path(sys.executable).name, f"bench/{name}.py", *(argv or sys.argv[1:])]),
         "machine": machine,
         "other_cpu_pct": run_noise.other_pct(),
         "git": git_info(),
-        "settings": {
-            "loop": args.loop,
-            "cert": args.cert,
-            "mechanisms": args.mechanisms,
-            "paths": args.paths,
-            "logins": args.logins,
-            "repeats": args.repeats,
-            "concurrency": args.concurrency,
-            "fixed_logins": args.fixed_logins,
-            "proxy_args": args.proxy_args,
-            "users": USERS,
-            "server_cpu": SERVER_CPU,
-            "client_cpu": CLIENT_CPU,
-        },
+        "settings": settings,
         "commands": env.commands,
         "results": rows,
         "notes": env.notes,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / f"login-{stamp}"
+    base = args.out / f"{name}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    text = markdown(report)
+    text = render(report)
     base.with_suffix(".md").write_text(text)
     print(text)
-    print(f"login: wrote {base}.md and .json", file=sys.stderr)
+    print(f"{name}: wrote {base}.md and .json", file=sys.stderr)
     failed = any(r["failed"] for r in rows)
     if args.keep_workdir or interrupted or failed or env.notes:
-        print(f"login: logs kept in {workdir}", file=sys.stderr)
+        print(f"{name}: logs kept in {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 130 if interrupted else 0
+
+
+def measure_logins(
+    args: argparse.Namespace, env: Env, paths: dict[str, Path3], rows: list[dict[str, Any]]
+) -> None:
+    limit = 120.0
+    for path in paths.values():  # warm-up, unmeasured: every code path loaded, caches filled
+        for mech in args.mechanisms:
+            warm = run_client(env, path, {"mechanism": mech, "rate": 0, "concurrency": 4, "count": 24,
+                                          "time_limit": 60}, f"warm-{path.name}-{mech}")  # fmt: skip
+            if warm["failures"]:
+                raise BenchError(f"warm-up of {path.name} {mech} failed: {warm['failures']}")
+    order = list(paths.values())
+    for repeat in range(args.repeats):  # interleaved: every path once per repeat, in a rotated order
+        turn = order[repeat % len(order) :] + order[: repeat % len(order)]
+        for mech in args.mechanisms:
+            for path in turn:
+                if env.remaining() < limit / 2:
+                    env.notes.append(f"skipped (time budget): saturation {path.name} {mech} #{repeat + 1}")
+                    continue
+                run = {"count": args.logins, "concurrency": args.concurrency, "repeat": repeat + 1}
+                rows.append(
+                    measure(env, path, mech, "saturation", time_limit=min(limit, env.remaining()), **run)
+                )
+    for mech in args.mechanisms:
+        rates = [r["logins_per_s"] for r in rows if r["mechanism"] == mech and r["mode"] == "saturation"]
+        rate = args.rate or (max(1.0, round(0.4 * min(rates), 1)) if rates else 5.0)
+        for path in order:
+            if env.remaining() < args.fixed_logins / rate + 10:
+                env.notes.append(f"skipped (time budget): fixed load {path.name} {mech}")
+                continue
+            rows.append(measure(env, path, mech, "fixed", count=args.fixed_logins, rate=rate,
+                                time_limit=args.fixed_logins / rate + 30))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return 0
+    if shutil.which("prosody") is None or shutil.which("prosodyctl") is None:
+        print("login: prosody not installed (apt-get install prosody)", file=sys.stderr)
+        return 2
+    settings = {
+        "loop": args.loop,
+        "cert": args.cert,
+        "mechanisms": args.mechanisms,
+        "paths": args.paths,
+        "logins": args.logins,
+        "repeats": args.repeats,
+        "concurrency": args.concurrency,
+        "fixed_logins": args.fixed_logins,
+        "proxy_args": args.proxy_args,
+        "users": USERS,
+        "server_cpu": SERVER_CPU,
+        "client_cpu": CLIENT_CPU,
+    }
+    return run_over_paths("login", args, argv, settings, partial(measure_logins, args), markdown)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,11 @@ default is 1 000 (at most 4 000, and what the fd limit allows).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -41,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import _path  # noqa: F401  (files/bbproxy on sys.path)
-from common import DOMAIN, HERE, BenchError, make_certs
-from login import CLIENT_CPU, CONTEXT, LOGIN_TIMEOUT, USER_PASSWORDS, Path3, start_paths
+from common import DOMAIN, HERE, BenchError
+from login import CLIENT_CPU, CONTEXT, LOGIN_TIMEOUT, USER_PASSWORDS, Path3, run_over_paths
 from peers import Env
-from procstat import NoiseMeter, Processes, raise_nofile
-from report import fmt, git_info, machine_info, table
+from procstat import NoiseMeter
+from report import fmt, table
 from scenarios import percentile
 from tests.torture.xmpp import LoginFailed, XmppSession
 
@@ -293,26 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("prosody") is None:
         print("storm: prosody not installed (apt-get install prosody)", file=sys.stderr)
         return 2
-    raise_nofile()
-    workdir = Path(tempfile.mkdtemp(prefix="bbproxy-storm-"))
-    env = Env(args, {}, workdir, Processes())
-    started = time.monotonic()
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    rows: list[dict[str, Any]] = []
-    machine: dict[str, Any] = {}
-    run_noise = NoiseMeter(env)
-    interrupted = False
-    try:
-        machine = machine_info(env)
-        env.certs = make_certs(workdir)
-        paths = start_paths(env, args.paths)
-        run_noise = NoiseMeter(env)
+    def storms(env: Env, paths: dict[str, Path3], rows: list[dict[str, Any]]) -> None:
         for resume in (False, True):
             for path in paths.values():
                 try:
@@ -320,45 +299,17 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     env.notes.append(str(exc))
                     print(f"ERROR {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        interrupted = True
-        env.notes.append("interrupted")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        env.procs.stop_all()
-    report = {
-        "started": stamp,
-        "duration_s": round(time.monotonic() - started, 1),
-        "command": " ".join(["python", "bench/storm.py", *(argv or sys.argv[1:])]),
-        "machine": machine,
-        "other_cpu_pct": run_noise.other_pct(),
-        "git": git_info(),
-        "settings": {
-            "loop": args.loop,
-            "cert": args.cert,
-            "mechanism": args.mechanism,
-            "sessions": args.sessions,
-            "concurrency": args.concurrency,
-            "paths": args.paths,
-            "proxy_args": args.proxy_args,
-        },
-        "commands": env.commands,
-        "results": rows,
-        "notes": env.notes,
+
+    settings = {
+        "loop": args.loop,
+        "cert": args.cert,
+        "mechanism": args.mechanism,
+        "sessions": args.sessions,
+        "concurrency": args.concurrency,
+        "paths": args.paths,
+        "proxy_args": args.proxy_args,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / f"storm-{stamp}"
-    base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    text = markdown(report)
-    base.with_suffix(".md").write_text(text)
-    print(text)
-    print(f"storm: wrote {base}.md and .json", file=sys.stderr)
-    if args.keep_workdir or interrupted or env.notes or any(r["failed"] for r in rows):
-        print(f"storm: logs kept in {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 130 if interrupted else 0
+    return run_over_paths("storm", args, argv, settings, storms, markdown)
 
 
 if __name__ == "__main__":
