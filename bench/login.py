@@ -433,15 +433,18 @@ def run_over_paths(
     settings: dict[str, Any],
     body: Callable[[Env, dict[str, Path3], list[dict[str, Any]]], None],
     render: Callable[[dict[str, Any]], str],
+    budget: float | None = None,
 ) -> int:
     """The frame of login.py and storm.py: start the paths, run ``body`` (which appends result
     rows), stop everything (also on SIGTERM/SIGINT/SIGHUP), write ``<name>-<stamp>.{json,md}`` to
-    ``args.out``; the work directory is kept when anything went wrong."""
+    ``args.out``; the work directory is kept when anything went wrong. ``budget``: seconds from
+    here that ``env.remaining()`` counts down (login.py's --budget)."""
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix=f"bbproxy-{name}-"))
     env = Env(args, {}, workdir, Processes())
     started = time.monotonic()
-    env.deadline = started + getattr(args, "budget", 3600)
+    if budget is not None:
+        env.deadline = started + budget
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -548,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu": SERVER_CPU,
         "client_cpu": CLIENT_CPU,
     }
-    return run_over_paths("login", args, argv, settings, partial(measure_logins, args), markdown)
+    return run_over_paths("login", args, argv, settings, partial(measure_logins, args), markdown, args.budget)
 
 
 if __name__ == "__main__":
