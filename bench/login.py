@@ -191,19 +191,23 @@ class Path3:
         return parts
 
 
-def run_client(env: Env, path: Path3, cfg: dict[str, Any], label: str) -> dict[str, Any]:
-    proto = path.front.proto
-    cfg = {
-        **cfg, "port": path.front.port, "direct_tls": proto == "direct-tls", "cpu": CLIENT_CPU,
-        "users": USER_PASSWORDS,
-    }  # fmt: skip
+def start_client(
+    env: Env, script: str, path: Path3, label: str, cfg: dict[str, Any]
+) -> tuple[subprocess.Popen[bytes], Path, dict[str, Any]]:
+    """``bench/<script> client`` (login.py's or storm.py's) against ``path``'s front, with its log,
+    and ``cfg`` completed with what every client needs: where to connect, its CPU, the accounts."""
+    front = path.front
+    cfg = {**cfg, "port": front.port, "direct_tls": front.proto == "direct-tls", "cpu": CLIENT_CPU,
+           "users": USER_PASSWORDS}  # fmt: skip
     log = env.log(f"client-{label}")
     proc = env.procs.start(
-        [env.args.python, str(HERE / "login.py"), "client"],
-        log,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        [env.args.python, str(HERE / script), "client"], log, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
+    return proc, log, cfg
+
+
+def run_client(env: Env, path: Path3, cfg: dict[str, Any], label: str) -> dict[str, Any]:
+    proc, log, cfg = start_client(env, "login.py", path, label, cfg)
     try:
         out, _ = proc.communicate(json.dumps(cfg).encode() + b"\n", timeout=cfg["time_limit"] + 60)
     except subprocess.TimeoutExpired as exc:

@@ -39,7 +39,7 @@ from typing import Any
 
 import _path  # noqa: F401  (files/bbproxy on sys.path)
 from common import DOMAIN, HERE, BenchError
-from login import CLIENT_CPU, CONTEXT, LOGIN_TIMEOUT, USER_PASSWORDS, Path3, run_over_paths
+from login import CONTEXT, LOGIN_TIMEOUT, Path3, run_over_paths, start_client
 from peers import Env
 from procstat import NoiseMeter
 from report import fmt, table
@@ -143,17 +143,10 @@ def storm(env: Env, path: Path3, resume: bool, args: argparse.Namespace) -> dict
     label = f"storm-{path.name}-{'resume' if resume else 'full'}"
     print(f"storm: {label} ...", file=sys.stderr, end=" ", flush=True)
     cfg = {
-        "port": path.front.port, "direct_tls": path.front.proto == "direct-tls", "cpu": CLIENT_CPU,
-        "users": USER_PASSWORDS, "mechanism": args.mechanism, "count": args.sessions,
-        "concurrency": args.concurrency, "resume": resume, "time_limit": STORM_LIMIT,
+        "mechanism": args.mechanism, "count": args.sessions, "concurrency": args.concurrency,
+        "resume": resume, "time_limit": STORM_LIMIT,
     }  # fmt: skip
-    log = env.log(f"client-{label}")
-    proc = env.procs.start(
-        [env.args.python, str(HERE / "storm.py"), "client"],
-        log,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    proc, log, cfg = start_client(env, "storm.py", path, label, cfg)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(json.dumps(cfg).encode() + b"\n")
