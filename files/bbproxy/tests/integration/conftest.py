@@ -3,12 +3,14 @@ process, and a recording backend. Helpers live in support.py."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .interop_clients import INTEROP_DIR
 from .support import (
     DOMAIN,
     LOOPBACK,
@@ -24,6 +26,7 @@ from .support import (
     make_certs,
     port_accepts,
     require_loop,
+    require_tool,
     running_prosody,
 )
 
@@ -101,3 +104,20 @@ def event_loop_name(request: pytest.FixtureRequest) -> str:
     loop = str(request.param)
     require_loop(loop)
     return loop
+
+
+@pytest.fixture(scope="session")
+def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """JavaTls10.java compiled once for the run (javac; OpenJDK 17): the interop matrix and the
+    fingerprint captures run it."""
+    javac = require_tool("javac", "apt-get install openjdk-17-jdk-headless")
+    out = tmp_path_factory.mktemp("java-classes")
+    result = subprocess.run(
+        [javac, "-d", str(out), str(INTEROP_DIR / "JavaTls10.java")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"javac failed:\n{result.stdout}{result.stderr}"
+    return out

@@ -76,7 +76,7 @@ class Job:
     direct_tls: bool
     legacy_tls: str | None  # "1.0" / "1.1": hold the client at that version; None: its default
     workdir: Path
-    java_classes: Path  # where JavaTls10.java was compiled (test_interop does it once)
+    java_classes: Path  # where JavaTls10.java was compiled (conftest.java_classes, once)
 
     @property
     def jid(self) -> str:

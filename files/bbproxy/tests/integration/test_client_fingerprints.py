@@ -39,7 +39,6 @@ from bbproxy.clienthello import TLS_1_2
 from .hello_capture import Captured, HelloCapture
 from .interop_clients import ADAPTERS, NODE_MODULES, OPENSSL_NAMES, SYSTEM_PYTHON, Invocation, Job
 from .support import DOMAIN, Certs
-from .test_interop import java_classes  # noqa: F401  (the fixture: JavaTls10 compiled once)
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +161,7 @@ def test_every_client_we_interoperate_with_has_a_family_name(
     capture: HelloCapture,
     recorded: dict[str, Any],
     certs: Certs,
-    java_classes: Path,  # noqa: F811
+    java_classes: Path,
     tmp_path: Path,
 ) -> None:
     if cell.client == "s_client":

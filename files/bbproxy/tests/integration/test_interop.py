@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from .interop_clients import ADAPTERS, INTEROP_DIR, OPENSSL_NAMES, Adapter, Invocation, Job
+from .interop_clients import ADAPTERS, OPENSSL_NAMES, Adapter, Invocation, Job
 from .support import (
     DOMAIN,
     LOOPBACK,
@@ -47,7 +47,6 @@ from .support import (
     free_port,
     port_accepts,
     recv_until,
-    require_tool,
     running_prosody,
     stream_header,
 )
@@ -206,22 +205,6 @@ def doors(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[di
             name = "terminate-all" if proxy is terminate_all else "legacy-only"
             result[name] = Door(name, proxy.port, proxy.direct_tls_port, backend, receivers["be"], proxy)
         yield result
-
-
-@pytest.fixture(scope="module")
-def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """JavaTls10.java compiled once for the module (javac; OpenJDK 17)."""
-    javac = require_tool("javac", "apt-get install openjdk-17-jdk-headless")
-    out = tmp_path_factory.mktemp("java-classes")
-    result = subprocess.run(
-        [javac, "-d", str(out), str(INTEROP_DIR / "JavaTls10.java")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"javac failed:\n{result.stdout}{result.stderr}"
-    return out
 
 
 # --------------------------------------------------------------------------- the matrix
