@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ HEADLINE_PEERS = ("haproxy", "stunnel", "prosody", "python-ssl", "socat")
 TARGET_HAPROXY_HS_RATIO = 1.35  # #8: within 1.35x of haproxy's direct-TLS handshake CPU
 TARGET_IDLE_KIB_8 = 32.0  # #8: at 10 000 sessions
 TARGET_BURST = 500  # #8: zero failures at 500 concurrent connects
+TARGET_RESUMED_HAPROXY_RATIO = 1.35  # issue 19: a resumed TLS 1.0 handshake <= 1.35x haproxy's resumed one
+RESUME_LABELS = {"id": "by session ID", "ticket": "ticket offered"}
 
 
 def pick(rows: list[dict[str, Any]], key: str, **match: Any) -> float | None:
@@ -128,6 +131,7 @@ def headline(
             f"({sum(r['sessions'] for r in mine_rows)} bbproxy sessions)",
             "sessions", failed, peers, [(TARGET_FAILURES, failed == 0)],
         )  # fmt: skip
+    resume_rows(results.get("resume", []), row)
     bursts = [r for r in results.get("handshake", []) if r.get("burst")]
     burst_failed = sum(r["failed"] for r in bursts) if bursts else None
     row(
@@ -222,6 +226,50 @@ def headline(
                     targets.append(at_most(mine, peers["haproxy"], "<= haproxy's added p99 (#8)"))
                 row(f"200 B round trip TLS {tls}: added {q} vs direct", "µs", mine, peers, targets)
     return rows
+
+
+def resume_rows(rs: list[dict[str, Any]], row: Callable[..., None]) -> None:
+    """Issue 19's resumed-handshake rows: bbproxy (STARTTLS and direct TLS) against haproxy's
+    resumed handshake of the same run, and each one's resumed ÷ full CPU. A run where fewer
+    than all sessions resumed is no resumption figure: it gets no verdict."""
+    if not rs:
+        return
+
+    def cpu(peer: str, kind: str) -> float | None:
+        return pick(rs, "peer_cpu_ms_per_session", peer=peer, resume=kind)
+
+    def all_resumed(peer: str, kind: str) -> bool:
+        got = [r for r in rs if r["peer"] == peer and r["resume"] == kind]
+        return bool(got) and all(r["resumed"] == r["ok"] and not r["failed"] for r in got)
+
+    for kind, label in RESUME_LABELS.items():
+        haproxy = cpu("haproxy", kind)
+        for peer, path in (("bbproxy", "STARTTLS"), ("bbproxy-direct", "direct TLS")):
+            mine = cpu(peer, kind)
+            if mine is None:
+                continue
+            clean = all_resumed(peer, kind) and all_resumed("haproxy", kind)
+            limit = haproxy * TARGET_RESUMED_HAPROXY_RATIO if haproxy and clean else None
+            target = f"<= {TARGET_RESUMED_HAPROXY_RATIO}x haproxy's resumed (issue 19)"
+            row(
+                f"TLS 1.0 ECDSA resumed handshake ({label}), bbproxy {path}: server CPU per session",
+                "ms", mine, {"haproxy": haproxy},
+                [at_most_target(mine, limit, target)],
+            )  # fmt: skip
+    for kind, label in RESUME_LABELS.items():
+        full = {name: cpu(name, "full") for name in ("bbproxy", "bbproxy-direct", "haproxy")}
+        mine = ratio(cpu("bbproxy", kind), full["bbproxy"])
+        if mine is None:
+            continue
+        row(
+            f"TLS 1.0 ECDSA: CPU of a resumed handshake ({label}) ÷ a full one, same peer, same run "
+            f"(bbproxy-direct: {fmt(ratio(cpu('bbproxy-direct', kind), full['bbproxy-direct']))})",
+            "ratio", mine, {"haproxy": ratio(cpu("haproxy", kind), full["haproxy"])},
+        )  # fmt: skip
+
+
+def at_most_target(value: float | None, limit: float | None, text: str) -> tuple[str, bool | None]:
+    return (text, None) if value is None or limit is None else (text, value <= limit)
 
 
 # Targets of #8 this benchmark does not measure (the report lists them, so nobody reads silence as "met").
@@ -507,6 +555,25 @@ def markdown(report: dict[str, Any]) -> str:
                 for r in res["handshake"]
             ],
         )
+    if res.get("resume"):
+        lines += [
+            "## Resumed TLS 1.0 handshakes (ECDSA; issue 19)",
+            "",
+            "The handshake session above, but each load generator offers one saved session: `id` = by "
+            "session ID only (client `OP_NO_TICKET`), `ticket` = with the ticket extension too (haproxy "
+            "resumes by ticket; bbproxy issues no tickets, so it resumes by session ID), `full` = no "
+            "session offered, same count. `resumed` = sessions the client saw resumed. bbproxy on "
+            "STARTTLS (XMPP prelude first) and on a direct-TLS listener (`bbproxy-direct`, haproxy's "
+            "session); peers, kinds and repeats interleaved.",
+            "",
+        ]
+        lines += table(
+            ["peer", "resume", "run", "ok", "failed", "resumed", "sessions/s", "peer CPU ms",
+             "client CPU ms", "echo CPU ms", "other %"],
+            [[r["peer"], r["resume"], r["repeat"] + 1, r["ok"], r["failed"], r["resumed"], r["rate_per_s"],
+              r["peer_cpu_ms_per_session"], r["client_cpu_ms_per_session"], r["echo_cpu_ms_per_session"],
+              r.get("other_cpu_pct")] for r in res["resume"]],
+        )  # fmt: skip
     if res.get("idle"):
         lines += ["## Idle established TLS 1.0 sessions (ECDSA)", ""]
         lines += table(
