@@ -365,6 +365,7 @@ try:
     import uvloop; print(uvloop.__version__)
 except ImportError:
     print("-")
+print(bbproxy.__file__)
 """
 
 
@@ -395,7 +396,12 @@ def machine_info(env: Env) -> dict[str, Any]:
             f"{env.args.python} cannot import bbproxy: {probe.stderr.strip().splitlines()[-1:]} "
             "(pip install -e files/bbproxy, or pass --python)"
         )
-    py, ossl, bbv, uvl = probe.stdout.strip().splitlines()
+    py, ossl, bbv, uvl, bb_file = probe.stdout.strip().splitlines()
+    if not Path(bb_file).resolve().is_relative_to(REPO / "files/bbproxy/src"):
+        env.notes.append(
+            f"bbproxy is imported from {Path(bb_file).parent}, not this checkout's files/bbproxy/src "
+            "(an installed copy): set PYTHONPATH=files/bbproxy/src or --python"
+        )
     socat_v = subprocess.run(["socat", "-V"], capture_output=True, text=True, check=False).stdout
     socat_m = re.search(r"socat version (\S+)", socat_v)
     cli_ossl = subprocess.run(
@@ -413,6 +419,7 @@ def machine_info(env: Env) -> dict[str, Any]:
         "python_ssl": ossl,
         "openssl_cli": cli_ossl,
         "bbproxy": bbv,
+        "bbproxy_src": str(Path(bb_file).parent),
         "uvloop": uvl,
         "socat": socat_m.group(1) if socat_m else "?",
         "peers": {cls.name: peer_version(cls) for cls in EXTERNAL_PEERS},
