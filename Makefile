@@ -64,7 +64,7 @@ help:
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
 	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
 	@echo "  make molecule-adopt       molecule test: adopting a hand-configured Prosody server"
-	@echo "make bench            benchmark vs same-run baselines, < 2 min (BENCH_ARGS=--full: < 20 min)"
+	@echo "make bench            benchmark vs same-run baselines, < 2.5 min (BENCH_ARGS=--full: < 20 min)"
 	@echo "make bench-all        every headline ratio from one run: --full + logins + storm + resumption, < 20 min"
 	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
 	@echo "make bench-storm      1 000 logged-in sessions reset at once and back, bbproxy vs haproxy, ~2 min"
