@@ -16,6 +16,11 @@ Modes
   latency    one session, then ``samples`` sequential round trips of ``stanza_size`` bytes
              (blocking socket, perf_counter_ns); reports percentiles in microseconds.
 Protocols: ``starttls`` (XMPP RFC 6120 prelude then TLS), ``direct-tls``, ``plain``.
+``resume`` (handshake mode): ``"id"`` offers the saved TLS session by session ID only (client
+``OP_NO_TICKET``), ``"ticket"`` offers it with the session ticket extension as well (the server
+resumes by ticket if it issues them, else by session ID); the session comes from an unmeasured
+priming session before ``ready`` and is replaced by any session that was not resumed. The result
+counts the sessions that did resume (``resumed``).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ PROCEED = re.compile(rb"<proceed\b[^>]*/>")
 
 # What the first TLS session of this process negotiated, for the report.
 NEGOTIATED: dict[str, str] = {}
+# Resumption (cfg "resume"): the TLS session offered by every new session, and how many resumed.
+RESUME: dict[str, Any] = {"session": None, "resumed": 0}
 
 
 class SessionError(Exception):
@@ -167,7 +174,9 @@ def establish(cfg: dict[str, Any], ctx: ssl.SSLContext | None, holder: list[sock
         if end != len(buf):
             raise SessionError("bytes after <proceed/>")
     if ctx is not None:
-        sock = ctx.wrap_socket(sock, server_hostname=cfg["domain"], do_handshake_on_connect=False)
+        sock = ctx.wrap_socket(
+            sock, server_hostname=cfg["domain"], do_handshake_on_connect=False, session=RESUME["session"]
+        )
         holder[0] = sock
         while True:
             try:
@@ -177,6 +186,11 @@ def establish(cfg: dict[str, Any], ctx: ssl.SSLContext | None, holder: list[sock
                 yield sock.fileno(), R
             except ssl.SSLWantWriteError:
                 yield sock.fileno(), W
+        if cfg.get("resume"):
+            if sock.session_reused:
+                RESUME["resumed"] += 1
+            else:
+                RESUME["session"] = sock.session  # a full handshake: offer its session from now on
         if not NEGOTIATED:
             cipher = sock.cipher()
             NEGOTIATED.update(version=sock.version() or "?", cipher=cipher[0] if cipher else "?")
@@ -348,6 +362,10 @@ def run_sessions(cfg: dict[str, Any], keep: bool) -> tuple[list[Any], Counter[st
     """Run `count` sessions, `concurrency` at a time, within `time_limit`. Returns
     (kept sockets, failures, session durations in ms, elapsed seconds)."""
     ctx = client_context(cfg["tls"]) if cfg["proto"] != "plain" else None
+    if ctx is not None and cfg.get("resume"):  # a session resumes only through its own context
+        ctx = RESUME.setdefault("ctx", ctx)
+        if cfg["resume"] == "id":
+            ctx.options |= ssl.OP_NO_TICKET
     stanza = make_stanza(cfg["stanza_size"])
     kept: list[Any] = []
     failures: Counter[str] = Counter()
@@ -393,6 +411,12 @@ def summary_ms(values: list[float]) -> dict[str, float]:
 
 
 def mode_handshake(cfg: dict[str, Any]) -> None:
+    if cfg.get("resume"):  # one unmeasured full handshake, whose session the others offer
+        _, failures, _, _ = run_sessions(cfg | {"count": 1, "concurrency": 1}, keep=False)
+        if failures or RESUME["session"] is None:
+            emit(event="result", ok=0, failed=1, failures=dict(failures) or {"no session to resume": 1})
+            return
+        RESUME["resumed"] = 0
     emit(event="ready")
     if not wait_command("go", 60):
         return
@@ -400,6 +424,7 @@ def mode_handshake(cfg: dict[str, Any]) -> None:
     _, failures, durations, elapsed = run_sessions(cfg, keep=False)
     emit(
         event="result",
+        resumed=RESUME["resumed"],
         ok=len(durations),
         failed=sum(failures.values()),
         failures=dict(failures),

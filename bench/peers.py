@@ -139,6 +139,20 @@ class BBProxy(Peer):
         ]  # fmt: skip
 
 
+class BBProxyDirect(BBProxy):
+    """bbproxy on a direct-TLS listener (XEP-0368, no XMPP prelude): the same session as haproxy's
+    (direct TLS, relay to the echo), so the two compare like for like. Its STARTTLS listener is moved
+    to an unused port."""
+
+    name = "bbproxy-direct"
+    proto = "direct-tls"
+
+    def argv(self, cert: Cert | None) -> list[str]:
+        argv = super().argv(cert)
+        argv[argv.index("--listen") + 1] = f"{HOST}:{free_port()}"
+        return [*argv, "--direct-tls-listen", f"{HOST}:{self.port}"]
+
+
 class BBProxySplice(BBProxy):
     """bbproxy with ClientHello routing (`--tls-routing legacy-only`): a TLS 1.3 client answers the
     STARTTLS prelude, then its TLS is spliced, still encrypted, to a TLS echo standing in for Prosody's

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """bbproxy benchmark: one command, bounded, loopback only, ratios against peers from the same run.
 
-    python bench/run.py --quick            # < 2 minutes (CI-sized)
-    python bench/run.py --full             # < 15 minutes (9 000 idle sessions, more samples)
+    python bench/run.py --quick            # < 2.5 minutes (CI-sized)
+    python bench/run.py --full             # < 20 minutes: also login.py and storm.py (issue 19)
     python bench/run.py --quick --only handshake,latency --out /tmp/bench
 
 Peers (issue #8; each optional, "not installed" in the report if its binary is missing): haproxy
@@ -16,6 +16,10 @@ Scenarios (see bench/README.md for the method and what each number means):
   idle        server RSS per established idle TLS 1.0 session, every TLS peer.
   throughput  relay MB/s and CPU s/GB at 1 and 16 connections: bbproxy, haproxy, stunnel, socat.
   latency     200-byte round trip p50/p99 through each path, minus the echo backend's own.
+  resume      server CPU per resumed TLS 1.0 handshake (session ID, ticket offered) vs full:
+              bbproxy (STARTTLS and direct TLS) and haproxy (issue 19).
+  login, storm  (--with; default in --full) bench/login.py and bench/storm.py, run after the
+              scenarios above, their rows and headline ratios folded into this run's report.
 
 Every server and client is a child process started here, on 127.0.0.1, stopped by PID (process
 group) in a finally block. Every loop is bounded in count and in time.
@@ -29,6 +33,7 @@ import json
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 2 min (default)")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 2.5 min (default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="< 15 min")
     parser.set_defaults(mode="quick")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the .md and .json go")
@@ -76,8 +81,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="comma list of haproxy, stunnel, prosody to leave out (default: every installed one)",
     )
+    parser.add_argument(
+        "--with",
+        dest="extras",
+        help="comma list of login, storm: also run bench/login.py and bench/storm.py (issue 19) "
+        "after the scenarios and fold their results into this report (default: both in --full, "
+        "none in --quick)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep certs and logs in the temp dir")
     args = parser.parse_args(argv)
+    if args.extras is None:
+        args.extras = ",".join(EXTRAS) if args.mode == "full" else ""
+    args.extras = [s.strip() for s in args.extras.split(",") if s.strip()]
+    if set(args.extras) - set(EXTRAS):
+        parser.error(f"--with: {', '.join(EXTRAS)}")
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     args.skip_peers = {s.strip() for s in args.skip_peers.split(",") if s.strip()}
     if args.only - set(SCENARIOS):
@@ -85,6 +102,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.clients <= 16:
         parser.error("--clients must be 1..16")
     return args
+
+
+# The issue-19 benchmarks --with runs after the scenarios (the echo and every peer stopped by then):
+# their arguments and a time limit each. login: 3 interleaved repeats of 500 logins per path and
+# mechanism (~3 min); storm: 1 000 sessions, bbproxy and haproxy, full and resumed (~1 min).
+EXTRAS: dict[str, tuple[list[str], float]] = {
+    "login": (["--logins", "500", "--repeats", "3", "--fixed-logins", "200", "--budget", "420"], 480),
+    "storm": (["--sessions", "1000"], 420),
+}
+
+
+def run_extra(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run bench/<name>.py as a child (its own servers, stopped by itself), bounded in time: on
+    timeout it gets SIGTERM (it stops its servers and writes a partial report), then SIGKILL.
+    Returns its report (the JSON it wrote)."""
+    out = workdir / name
+    extra, limit = EXTRAS[name]
+    argv = [sys.executable, str(HERE / f"{name}.py"), *extra, "--loop", args.loop, "--python", args.python]
+    argv += ["--out", str(out), *(["--proxy-args", args.proxy_args] if args.proxy_args else [])]
+    print(f"bench: {name} ({shlex.join(argv[1:])}) ...", file=sys.stderr, flush=True)
+    with open(workdir / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # also on our own SIGINT/SIGTERM (KeyboardInterrupt)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    reports = sorted(out.glob(f"{name}-*.json"))
+    if not reports:
+        raise BenchError(f"{name}.py wrote no report (exit {proc.returncode}); see {workdir / name}.log")
+    report: dict[str, Any] = json.loads(reports[-1].read_text())
+    return report | {"exit_code": proc.returncode, "argv": shlex.join(argv)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +207,26 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         procs.stop_all()
+    extras: dict[str, dict[str, Any]] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)  # run_extra stops its child on these
+    for name in args.extras if not interrupted else []:
+        t0 = time.monotonic()
+        try:
+            sub = run_extra(name, args, workdir)
+        except BenchError as exc:
+            env.notes.append(f"{name}: {exc}")
+            continue
+        except KeyboardInterrupt:
+            interrupted = True
+            env.notes.append(f"interrupted during {name}: partial results")
+            break
+        results[name] = sub.pop("results")
+        extras[name] = sub
+        env.notes += [f"{name}: {note}" for note in sub.get("notes", [])]
+        print(f"bench: {name} {time.monotonic() - t0:.0f}s", file=sys.stderr)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if source_fingerprint() != fingerprint:
         env.notes.append(
             "bbproxy's source files changed during this run (editable install): "
@@ -174,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "commands": env.commands,
         "headline": headline(results, profile, machine.get("nofile_hard", 0)),
+        "extras": extras,
         "peers_missing": env.missing,
         "not_measured": NOT_MEASURED,
         "results": results,

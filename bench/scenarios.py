@@ -17,13 +17,14 @@ from functools import partial
 from typing import Any
 
 from common import DOMAIN, HERE, HOST, BenchError, Cert
-from peers import BBProxy, BBProxySplice, Direct, Env, Peer, SocatRelay, TlsBaseline, running
+from peers import BBProxy, BBProxyDirect, BBProxySplice, Direct, Env, Peer, SocatRelay, TlsBaseline, running
 from procstat import fd_count, rss_kib, settle, tree_cpu_s
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized from measurements on a 2-core VM shared with other work (README): quick 85-110 s, full ~ 12 min.
+    # Sized from measurements on a 2-core VM shared with other work (README): quick 110-130 s, full ~ 14 min
+    # before login.py and storm.py (--with: ~4 more).
     "quick": {
-        "budget_s": 115,
+        "budget_s": 140,
         "handshakes": 1000,
         "concurrency": 200,
         "repeats": 1,
@@ -37,6 +38,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "peer_stream_tls": ["1.0"],  # haproxy, stunnel relay
         "burst_concurrency": 500,
         "latency_samples": 6000,
+        "resume_handshakes": 500,  # per resumption run (bbproxy and haproxy, full / session ID / ticket)
     },
     "full": {
         "budget_s": 870,
@@ -53,9 +55,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "peer_stream_tls": ["1.3", "1.0"],
         "burst_concurrency": 500,
         "latency_samples": 20000,
+        "resume_handshakes": 2000,
     },
 }
-SCENARIOS = ("handshake", "idle", "throughput", "latency")
+SCENARIOS = ("handshake", "resume", "idle", "throughput", "latency")
+RESUME_KINDS = ("full", "id", "ticket")  # loadgen.py's "resume": none, by session ID, ticket offered
 
 
 # -- load generator processes ----------------------------------------------------------------
@@ -153,17 +157,30 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_handshakes(
-    env: Env, peer: Peer, tls: str, cert: Cert, concurrency: int | None = None
+    env: Env,
+    peer: Peer,
+    tls: str,
+    cert: Cert,
+    concurrency: int | None = None,
+    resume: str = "full",
+    sessions: int | None = None,
 ) -> dict[str, Any]:
+    """``resume``: "full" (every session a full handshake), "id" or "ticket" (every client process
+    offers one saved session: loadgen.py's ``resume``); the row counts the sessions that resumed.
+    ``sessions``: default the profile's ``handshakes``."""
     p = env.profile
     procs = env.args.clients
     concurrency = concurrency or p["concurrency"]
+    sessions = sessions or p["handshakes"]
     warm_up(env, peer, tls)
+    extra = {} if resume == "full" else {"resume": resume}
     cfgs = [
-        session_cfg(peer, "handshake", tls, count=n, concurrency=c, time_limit=60, session_timeout=30)
-        for n, c in zip(split(p["handshakes"], procs), split(concurrency, procs), strict=True)
+        session_cfg(
+            peer, "handshake", tls, count=n, concurrency=c, time_limit=60, session_timeout=30, **extra
+        )
+        for n, c in zip(split(sessions, procs), split(concurrency, procs), strict=True)
     ]
-    with loadgens(env, cfgs, f"hs-{peer.name}-{tls}-{cert.kind}") as gens:
+    with loadgens(env, cfgs, f"hs-{peer.name}-{tls}-{cert.kind}-{resume}") as gens:
         cpu0, echo0 = settle(peer.pid), tree_cpu_s(env.echo_pid)
         t0 = time.monotonic()
         for g in gens:
@@ -178,8 +195,9 @@ def run_handshakes(
     elapsed = max(r["elapsed_s"] for r in results)
     durations = [d for r in results for d in r["durations_ms"]]
     return {
-        "peer": peer.name, "proto": peer.proto, "tls": tls, "cert": cert.kind, "sessions": p["handshakes"],
-        "concurrency": concurrency, "client_procs": procs, "ok": ok, "failed": sum(failures.values()),
+        "peer": peer.name, "proto": peer.proto, "tls": tls, "cert": cert.kind, "sessions": sessions,
+        "resume": resume, "resumed": sum(r.get("resumed", 0) for r in results), "concurrency": concurrency,
+        "client_procs": procs, "ok": ok, "failed": sum(failures.values()),
         "failures": dict(failures), "elapsed_s": round(elapsed, 3), "wall_s": round(wall, 3),
         "rate_per_s": ok / elapsed if elapsed else 0.0,
         "peer_cpu_ms_per_session": (cpu1 - cpu0) * 1000 / ok if ok else None,
@@ -379,6 +397,22 @@ def scenario_plan(env: Env) -> list[tuple[str, str, float, Step]]:
                         "handshake", f"handshake {peer.name} TLS {tls} {kind} #{rep + 1}", hs_s,
                         partial(fresh, peer, certs[kind], run, repeat=rep),
                     ))  # fmt: skip
+    # Resumed TLS 1.0 handshakes (issue 19): bbproxy (STARTTLS, and direct TLS like haproxy) and
+    # haproxy, full / by session ID / ticket offered, interleaved within each repeat, so the
+    # resumed/full and bbproxy/haproxy ratios compare runs a minute apart at most. ECDSA only: a
+    # resumption does no certificate work.
+    resume_s = 3 + p["resume_handshakes"] / 450
+    resume_peers = [bb, BBProxyDirect(env), *(x for x in relays if x.name == "haproxy")]
+    for rep in range(p["repeats"]):
+        for kind in RESUME_KINDS:
+            for peer in resume_peers:
+                run = partial(
+                    run_handshakes, env, peer, "1.0", ecdsa, resume=kind, sessions=p["resume_handshakes"]
+                )
+                plan.append((
+                    "resume", f"resume {peer.name} TLS 1.0 ecdsa {kind} #{rep + 1}", resume_s,
+                    partial(fresh, peer, ecdsa, run, repeat=rep),
+                ))  # fmt: skip
     burst = p["burst_concurrency"]
     run = partial(run_handshakes, env, bb, "1.0", ecdsa, burst)
     plan.append((

@@ -277,6 +277,32 @@ def test_many_sessions_leave_no_sessions_or_tasks_behind(
     run(loop_name, scenario)
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_an_idle_relayed_session_keeps_no_pre_tls_dialogue_and_no_finished_task(
+    loop_name: str, ca_and_pair: tuple[trustme.CA, CertPair]
+) -> None:
+    """What an idle session holds is per-session memory times every connected device (issue 19):
+    once relaying, the STARTTLS dialogue's parser and the finished backend-connect task (with its
+    coroutine) are gone; the stream header's domain stays for the close line."""
+    ca, pair = ca_and_pair
+
+    async def scenario() -> None:
+        backend = Backend(echo=True)
+        async with proxy(pair, await backend.start()) as (server, port):
+            reader, writer = await starttls_client(port, ca)
+            writer.write(b"<presence/>")
+            await reader.readuntil(b"<presence/>")
+            session = next(iter(server.sessions))
+            assert session.negotiation is None
+            assert session.domain == DOMAIN
+            await until(lambda: session._task is None, "the finished backend task to be dropped")
+            writer.close()
+            await until(lambda: not server.sessions, "the session to be released")
+            backend.close()
+
+    run(loop_name, scenario)
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_header_names_the_client(
     version: str, ca_and_pair: tuple[trustme.CA, CertPair]

@@ -59,6 +59,7 @@ class ClientSession(asyncio.BufferedProtocol):
         "cipher",
         "close_reason",
         "conn_id",
+        "domain",
         "handshake",
         "listener",
         "negotiation",
@@ -81,7 +82,8 @@ class ClientSession(asyncio.BufferedProtocol):
         self.conn_id = next(_ids)
         self.state = State.PRE_TLS
         self.transport: asyncio.Transport | None = None
-        self.negotiation: Negotiation | None = None
+        self.negotiation: Negotiation | None = None  # the pre-TLS dialogue, dropped at STARTTLS
+        self.domain: str | None = None  # the domain the client's pre-TLS stream header named
         self.peer = "-"
         self.peer_ip = ""
         self.started = time.monotonic()
@@ -110,11 +112,6 @@ class ClientSession(asyncio.BufferedProtocol):
     @property
     def backend(self) -> BackendConnection | None:
         return self.relay.backend if self.relay is not None else None
-
-    @property
-    def domain(self) -> str | None:
-        """The domain the client's pre-TLS stream header named (STARTTLS only)."""
-        return self.negotiation.domain if self.negotiation else None
 
     # -- asyncio.Protocol (client side) --------------------------------------------
 
@@ -210,7 +207,9 @@ class ClientSession(asyncio.BufferedProtocol):
             self.transport.write(outcome.send)
         if outcome.action is Action.STARTTLS:
             self.cancel_timer()
-            self._begin_tls(self.server.contexts.for_domain(self.negotiation.domain))
+            # The dialogue is over: keep its domain, not its parser (an idle session's memory).
+            self.domain, self.negotiation = self.negotiation.domain, None
+            self._begin_tls(self.server.contexts.for_domain(self.domain))
         elif outcome.action is Action.CLOSE:
             reason = CloseReason.of_negotiation(outcome.reason)
             self.end(reason.kind, reason.detail)
@@ -281,7 +280,13 @@ class ClientSession(asyncio.BufferedProtocol):
         callback(*args)
 
     def start_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._task = self.server.loop.create_task(coro)
+        self._task = task = self.server.loop.create_task(coro)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A finished task is not kept (with its coroutine) for the life of the session."""
+        if self._task is task:
+            self._task = None
 
     def spliced(self) -> None:
         self.tls_version = "passthrough"
