@@ -66,7 +66,7 @@ def test_tarball_holds_the_role_playbooks_and_proxy_source_only(tarball: Path) -
         members = {m.name: m for m in tar.getmembers()}
     for needed in (
         "MANIFEST.json", "meta/runtime.yml", "LICENSE", "README.md", "CHANGELOG.md",
-        "roles/bbproxy/tasks/main.yml",
+        "roles/bbproxy/tasks/main.yml", "roles/bbproxy/tasks/wheel_cache.yml",
         "roles/bbproxy/defaults/main.yml", "roles/bbproxy/meta/argument_specs.yml",
         "roles/bbproxy/files/requirements-uvloop.txt",
         "playbooks/site.yml", "playbooks/bbproxy.yml",
