@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from legacy import ROOT_ALTERNATE, common_name, login, pebble_eab, refused, verifying_context
+from legacy import ROOT_ALTERNATE, common_name, login, main_fingerprint, pebble_eab, refused, verifying_context
 from renewal import certbot, hook_journal, journal_cursor, lineage_fingerprint, live
 from support import (
     Scenario,
@@ -83,7 +83,9 @@ def test_tls10_client_trusting_only_the_old_root_logs_in(
 def test_modern_client_still_validates_the_main_chain(
     host: Any, scenario: Scenario, converged: dict[str, Any], roots: dict[str, Path]
 ) -> None:
-    assert login(scenario, roots["default"], legacy=False) == lineage_fingerprint(host, scenario.domain)
+    main = main_fingerprint(host, scenario.domain)
+    assert main != lineage_fingerprint(host, LINEAGE)
+    assert login(scenario, roots["default"], legacy=False) == main
     assert refused(scenario, roots["alternate"], legacy=False), "a TLS 1.3 client got the legacy chain"
 
 
@@ -91,7 +93,7 @@ def test_renewal_of_the_legacy_lineage_reaches_the_proxy(
     host: Any, scenario: Scenario, converged: dict[str, Any], roots: dict[str, Path]
 ) -> None:
     old = lineage_fingerprint(host, LINEAGE)
-    main = lineage_fingerprint(host, scenario.domain)
+    main = main_fingerprint(host, scenario.domain)
     session = open_session(scenario, verifying_context(roots["alternate"], legacy=True))
     try:
         assert fingerprint_of(session) == old

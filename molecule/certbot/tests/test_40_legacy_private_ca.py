@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from legacy import login, refused, verifying_context
-from renewal import lineage_fingerprint
+from legacy import login, main_fingerprint, refused, verifying_context
 from support import (
     Scenario,
     authenticate,
@@ -84,7 +83,7 @@ def test_tls10_client_trusting_only_the_private_ca_logs_in(host: Any, scenario: 
 def test_modern_clients_never_see_the_private_chain(
     host: Any, scenario: Scenario, ca_dir: Path, roots: dict[str, Path]
 ) -> None:
-    assert login(scenario, roots["default"], legacy=False) == lineage_fingerprint(host, scenario.domain)
+    assert login(scenario, roots["default"], legacy=False) == main_fingerprint(host, scenario.domain)
     assert refused(scenario, ca_dir / "ca.crt", legacy=False), "a TLS 1.3 client got the private chain"
 
 
