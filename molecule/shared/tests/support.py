@@ -397,8 +397,9 @@ def legacy_client_context() -> ssl.SSLContext:
     return context
 
 
-def open_session(scenario: Scenario) -> ssl.SSLSocket:
-    """STARTTLS with TLS 1.0 through the published port, up to Prosody's SASL features."""
+def open_session(scenario: Scenario, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
+    """STARTTLS through the published port, up to Prosody's SASL features: with TLS 1.0 trusting
+    anything, or with CONTEXT (whose verification failure raises ssl.SSLCertVerificationError)."""
     raw = socket.create_connection(("127.0.0.1", scenario.host_port(5222)), timeout=15)
     raw.sendall(stream_header(scenario.domain))
     assert b"starttls" in read_until(raw, b"</stream:features>")
@@ -411,7 +412,7 @@ def open_session(scenario: Scenario) -> ssl.SSLSocket:
             break
         proceed += byte
     assert re.search(rb"<proceed[^>]*/>", proceed), proceed
-    session = legacy_client_context().wrap_socket(raw, server_hostname=scenario.domain)
+    session = (context or legacy_client_context()).wrap_socket(raw, server_hostname=scenario.domain)
     session.sendall(stream_header(scenario.domain))
     features = read_until(session, b"</stream:features>")
     assert b"PLAIN" in features, f"no SASL PLAIN from Prosody behind the proxy: {features!r}"
