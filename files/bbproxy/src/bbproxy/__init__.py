@@ -1,3 +1,3 @@
 """bbproxy: keep legacy (TLS 1.0) XMPP clients working in front of a modern Prosody."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
