@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,8 +180,11 @@ def settle(pid: int, limit: float = 3.0) -> float:
 class NoiseMeter:
     """How much of the machine processes other than ours used over an interval (shared machines)."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, pids: Iterable[int] = ()) -> None:
+        """``pids``: long-lived servers of ours, still running when other_pct() is asked (their
+        CPU is ours, not other processes'); children reaped by then are counted already."""
         self.env = env
+        self.pids = [pid for pid in pids if pid]
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
@@ -189,9 +193,9 @@ class NoiseMeter:
             r.ru_utime + r.ru_stime
             for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
         )
-        if self.env.echo_pid:  # the one long-lived child; every other child is reaped by now
+        for pid in {self.env.echo_pid, *self.pids} - {0}:  # long-lived children, not reaped yet
             with contextlib.suppress(OSError):
-                own += tree_cpu_s(self.env.echo_pid)
+                own += tree_cpu_s(pid)
         return busy / CLK_TCK, total / CLK_TCK, own
 
     def other_pct(self) -> float:

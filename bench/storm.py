@@ -142,6 +142,7 @@ def client_main() -> int:
 def storm(env: Env, path: Path3, resume: bool, args: argparse.Namespace) -> dict[str, Any]:
     label = f"storm-{path.name}-{'resume' if resume else 'full'}"
     print(f"storm: {label} ...", file=sys.stderr, end=" ", flush=True)
+    path.fresh(env, args.mechanism)  # every storm from a fresh Prosody (see login.py)
     cfg = {
         "mechanism": args.mechanism, "count": args.sessions, "concurrency": args.concurrency,
         "resume": resume, "time_limit": STORM_LIMIT,
@@ -157,7 +158,7 @@ def storm(env: Env, path: Path3, resume: bool, args: argparse.Namespace) -> dict
                 f"{label}: logging in {args.sessions} sessions failed: {established['failures']}"
             )
         before = path.cpu()
-        noise = NoiseMeter(env)
+        noise = NoiseMeter(env, path.pids)
         proc.stdin.write(b"cut\n")
         proc.stdin.flush()
         result = json.loads(read_line(proc, STORM_LIMIT + 60, log))
