@@ -158,7 +158,7 @@ def storm(env: Env, path: Path3, resume: bool, args: argparse.Namespace) -> dict
                 f"{label}: logging in {args.sessions} sessions failed: {established['failures']}"
             )
         before = path.cpu()
-        noise = NoiseMeter(env, path.pids)
+        noise = NoiseMeter(env, [*path.pids, proc.pid])  # the client is still running too
         proc.stdin.write(b"cut\n")
         proc.stdin.flush()
         result = json.loads(read_line(proc, STORM_LIMIT + 60, log))
