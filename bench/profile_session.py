@@ -263,7 +263,10 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.sessions <= 20_000 or not 1 <= args.passes <= 10:
         parser.error("--sessions 1..20000, --passes 1..10")
-    if args.tool != "none" and not shutil.which(args.tool if args.tool != "py-spy" else "true"):
+    if args.tool == "py-spy":  # next to the interpreter that runs bbproxy, as profiled_pass runs it
+        if not (Path(args.python).parent / "py-spy").exists():
+            parser.error(f"py-spy is not installed next to {args.python}: pip install py-spy there")
+    elif args.tool != "none" and not shutil.which(args.tool):
         parser.error(f"{args.tool} is not installed")
     procstat.raise_nofile()
     procs = Processes()
