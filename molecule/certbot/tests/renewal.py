@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from typing import Any
 
-from support import file_fingerprint, run_ok
+from support import Scenario, authenticate, file_fingerprint, fingerprint_of, main_pid, run_ok, wait_for
 
 # prepare.yml: pebble's HTTPS is signed by this CA; certbot's client (requests) must trust it.
 ACME_ENV = "REQUESTS_CA_BUNDLE=/etc/pebble/tls-ca.crt"
@@ -62,3 +63,36 @@ def write_hook(host: Any, path: str, body: str) -> None:
     """An executable shell script at PATH (a file in certbot's renewal-hooks directory)."""
     script = shlex.quote(f"#!/bin/sh\n{body}\n")
     run_ok(host, f"printf '%s' {script} > {shlex.quote(path)} && chmod 0755 {shlex.quote(path)}")
+
+
+def renew_under_a_live_session(
+    host: Any,
+    scenario: Scenario,
+    session: Any,
+    lineage: str,
+    served: Callable[[], str],
+    *certbot_args: str,
+    also: Callable[[str], None] = lambda _new: None,
+) -> tuple[str, str]:
+    """`certbot renew --force-renewal` of LINEAGE while SESSION (a TLS 1.0 session through the proxy,
+    opened on its current certificate) stays open: new handshakes (``served()``) get the renewed
+    certificate within seconds, the proxy is not restarted, and SESSION still logs in. ``also(new)``
+    checks more once the renewal is served. Closes SESSION; returns (new fingerprint, the journal
+    cursor from before the renewal)."""
+    try:
+        old = lineage_fingerprint(host, lineage)
+        assert fingerprint_of(session) == old
+        proxy_pid = main_pid(host, "bbproxy")
+        cursor = journal_cursor(host)
+        rc, output = certbot(host, "renew", "--force-renewal", *certbot_args)
+        assert rc == 0, output
+        new = lineage_fingerprint(host, lineage)
+        assert new != old, "certbot did not renew"
+        wait_for(lambda: served() == new, "new handshakes to get the renewed certificate", 15)
+        also(new)
+        assert main_pid(host, "bbproxy") == proxy_pid, "the renewal restarted the proxy"
+        reply = authenticate(session, scenario.users[0])
+        assert b"<success" in reply, f"the session opened before the renewal no longer works: {reply!r}"
+    finally:
+        session.close()
+    return new, cursor

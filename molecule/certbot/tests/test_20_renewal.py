@@ -19,46 +19,32 @@ from renewal import (
     journal_cursor,
     lineage_fingerprint,
     live,
+    renew_under_a_live_session,
     write_hook,
 )
-from support import (
-    Scenario,
-    authenticate,
-    file_fingerprint,
-    fingerprint_of,
-    main_pid,
-    open_session,
-    run_ok,
-    served_fingerprint,
-    wait_for,
-)
+from support import Scenario, file_fingerprint, open_session, run_ok, served_fingerprint, wait_for
 
 PROSODY_FILE_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/prosody"
 LOSE_KEY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/00-test-lose-key"
 
 
+def assert_served(served: str, new: str) -> None:
+    assert served == new, "the direct-TLS port does not serve the renewed certificate"
+
+
 def renew_and_check(host: Any, scenario: Scenario, *certbot_args: str) -> str:
     """Renew with certbot while a TLS 1.0 session is open through the proxy; returns certbot's log."""
     domain = scenario.domain
-    old = lineage_fingerprint(host, domain)
-    assert served_fingerprint(host, 5222, domain) == old
-    session = open_session(scenario)
-    try:
-        assert fingerprint_of(session) == old
-        proxy_pid = main_pid(host, "bbproxy")
-        cursor = journal_cursor(host)
-        rc, output = certbot(host, "renew", "--force-renewal", *certbot_args)
-        assert rc == 0, output
-        new = lineage_fingerprint(host, domain)
-        assert new != old, "certbot did not renew"
-        wait_for(lambda: served_fingerprint(host, 5222, domain) == new, "new handshakes to get the renewed cert", 15)
-        assert served_fingerprint(host, 5223, domain, starttls=False) == new
-        assert main_pid(host, "bbproxy") == proxy_pid, "the renewal restarted the proxy"
-        # The session opened before the renewal still relays to Prosody: log in on it.
-        reply = authenticate(session, scenario.users[0])
-        assert b"<success" in reply, f"the session opened before the renewal no longer works: {reply!r}"
-    finally:
-        session.close()
+    assert served_fingerprint(host, 5222, domain) == lineage_fingerprint(host, domain)
+    new, cursor = renew_under_a_live_session(
+        host,
+        scenario,
+        open_session(scenario),
+        domain,
+        lambda: served_fingerprint(host, 5222, domain),
+        *certbot_args,
+        also=lambda new: assert_served(served_fingerprint(host, 5223, domain, starttls=False), new),
+    )
     journal = hook_journal(host, cursor)
     assert f"{domain}: copied {live(domain)}/fullchain.pem and {live(domain)}/privkey.pem" in journal, journal
     assert hook_journal(host, cursor, errors_only=True) == ""

@@ -14,19 +14,8 @@ from typing import Any
 import pytest
 
 from legacy import ROOT_ALTERNATE, common_name, login, main_fingerprint, pebble_eab, refused, verifying_context
-from renewal import certbot, hook_journal, journal_cursor, lineage_fingerprint, live
-from support import (
-    Scenario,
-    authenticate,
-    expect_ok,
-    fingerprint_of,
-    main_pid,
-    open_session,
-    run_ok,
-    run_site,
-    served_fingerprint,
-    wait_for,
-)
+from renewal import hook_journal, lineage_fingerprint, live, renew_under_a_live_session
+from support import Scenario, expect_ok, open_session, run_ok, run_site, served_fingerprint
 
 LINEAGE = "bbproxy-legacy"
 # Another URL of the same pebble: certbot keeps accounts per directory URL, so the role's certbot
@@ -89,27 +78,24 @@ def test_modern_client_still_validates_the_main_chain(
     assert refused(scenario, roots["alternate"], legacy=False), "a TLS 1.3 client got the legacy chain"
 
 
+def assert_main(served: str, main: str) -> None:
+    assert served == main, "a TLS 1.3 client got the renewed legacy chain"
+
+
 def test_renewal_of_the_legacy_lineage_reaches_the_proxy(
     host: Any, scenario: Scenario, converged: dict[str, Any], roots: dict[str, Path]
 ) -> None:
-    old = lineage_fingerprint(host, LINEAGE)
     main = main_fingerprint(host, scenario.domain)
-    session = open_session(scenario, verifying_context(roots["alternate"], legacy=True))
-    try:
-        assert fingerprint_of(session) == old
-        proxy_pid = main_pid(host, "bbproxy")
-        cursor = journal_cursor(host)
-        rc, output = certbot(host, "renew", "--force-renewal", "--cert-name", LINEAGE)
-        assert rc == 0, output
-        new = lineage_fingerprint(host, LINEAGE)
-        assert new != old, "certbot did not renew"
-        wait_for(lambda: served_fingerprint(host, 5222, scenario.domain) == new, "TLS 1.0 to get the renewal", 15)
-        assert served_fingerprint(host, 5222, scenario.domain, tls_flag="-tls1_3") == main
-        assert main_pid(host, "bbproxy") == proxy_pid, "the renewal restarted the proxy"
-        reply = authenticate(session, scenario.users[0])
-        assert b"<success" in reply, f"the session opened before the renewal no longer works: {reply!r}"
-    finally:
-        session.close()
+    new, cursor = renew_under_a_live_session(
+        host,
+        scenario,
+        open_session(scenario, verifying_context(roots["alternate"], legacy=True)),
+        LINEAGE,
+        lambda: served_fingerprint(host, 5222, scenario.domain),
+        "--cert-name",
+        LINEAGE,
+        also=lambda _new: assert_main(served_fingerprint(host, 5222, scenario.domain, tls_flag="-tls1_3"), main),
+    )
     journal = hook_journal(host, cursor)
     assert f"legacy chain: copied {live(LINEAGE)}/fullchain.pem and {live(LINEAGE)}/privkey.pem" in journal, journal
     assert hook_journal(host, cursor, errors_only=True) == ""
