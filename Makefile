@@ -45,7 +45,7 @@ export DEMO_PORT DEMO_DIRECT_TLS_PORT
 BBPROXY_PYPROJECT := $(wildcard files/bbproxy/pyproject.toml)
 
 .PHONY: help deps interop-deps venv clean-venv image image-trixie lint lint-yaml lint-ansible lint-python \
-	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot molecule-adopt test demo demo-clean bench \
+	lint-types lint-shell lint-role-docs lint-vault test-python molecule molecule-trixie molecule-federation molecule-lifecycle molecule-certbot molecule-adopt molecule-adopt-trixie test demo demo-clean bench \
 	bench-all bench-login bench-storm torture security tlsfuzzer
 
 help:
@@ -64,6 +64,7 @@ help:
 	@echo "  make molecule-lifecycle   molecule test: upgrade, failed/killed runs, apt repair, state absent"
 	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
 	@echo "  make molecule-adopt       molecule test: adopting a hand-configured Prosody server"
+	@echo "  make molecule-adopt-trixie  the same on Debian 13 / Prosody 13"
 	@echo "make bench            benchmark vs same-run baselines, < 2.5 min (BENCH_ARGS=--full: < 20 min)"
 	@echo "make bench-all        every headline ratio from one run: --full + logins + storm + resumption, < 20 min"
 	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
@@ -259,6 +260,11 @@ molecule-certbot: venv image
 # a roster, its own TLS) with bbproxy_prosody_adopt "carry_over"; later runs and the refusals.
 # About 7 min: not in TEST_LAYERS (docs/testing.md).
 molecule-adopt: venv image
+	$(call molecule_test,adopt)
+
+# The same configuration adopted on Debian 13 (Prosody 13 loads it with its own, newer parser).
+molecule-adopt-trixie: export BBPROXY_ADOPT_SUITE = trixie
+molecule-adopt-trixie: venv image-trixie
 	$(call molecule_test,adopt)
 
 # Every layer runs even when an earlier one fails, so one CI run shows every failure; the

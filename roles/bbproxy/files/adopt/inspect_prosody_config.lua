@@ -6,6 +6,11 @@
 local file = arg[1]
 package.path = "/usr/lib/prosody/?.lua;" .. package.path
 package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath
+-- Prosody 13 names its modules "prosody.util.x"; its loader maps them to the installed files, as
+-- Prosody's own startup does. Prosody 0.12 has no loader: both calls fail, nothing changes.
+if not pcall(require, "prosody.loader") then
+	pcall(require, "loader")
+end
 local configmanager = require "core.configmanager"
 local json = require "util.json"
 local ok, kind, err = configmanager.load(file)
