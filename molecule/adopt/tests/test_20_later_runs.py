@@ -1,5 +1,5 @@
-"""Later runs: the operator's edits of the adopted file stay, and a prosody.cfg.lua the role did
-not write again stops the run before anything changes."""
+"""Later runs: the operator's edits of the adopted file stay; a prosody.cfg.lua the role did
+not write, or an adopted file Prosody cannot load, stops the run before anything changes."""
 
 from __future__ import annotations
 
@@ -41,3 +41,23 @@ def test_foreign_configuration_stops_the_run(host: Any, mode: str) -> None:
         assert {path: sha256(host, path) for path in before} == before
     finally:
         host.run(f"mv /root/role.cfg.lua {PROSODY_CFG}")
+
+
+def test_an_adopted_file_prosody_cannot_load_stops_the_run(host: Any) -> None:
+    """A later edit with a syntax error: the role reads the adopted file with Prosody's own parser on
+    every run, so the run stops, names the parser's error, and changes nothing; Prosody keeps running
+    on what it loaded before."""
+    host.run(f"cp -p {ADOPTED} /root/adopted.cfg.lua")
+    host.run(f"printf '%s\\n' 'VirtualHost \"broken.test\"' '    modules_enabled = {{' >> {ADOPTED}")
+    try:
+        before = {path: sha256(host, path) for path in (PROSODY_CFG, ADOPTED)}
+        done = run_site()
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, output[-6000:]
+        assert "Prosody's own parser could not load" in output, output[-6000:]
+        assert "Nothing was changed" in output, output[-6000:]
+        assert "(parser)" in output, output[-6000:]
+        assert {path: sha256(host, path) for path in before} == before
+        assert host.service("prosody").is_running
+    finally:
+        host.run(f"mv /root/adopted.cfg.lua {ADOPTED}")
