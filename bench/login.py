@@ -371,12 +371,8 @@ def markdown(report: dict[str, Any]) -> str:
         # The target's verdict: bbproxy ÷ Prosody per repeat (the two ran minutes apart at most, so
         # they saw the same machine), then the median of those ratios.
         per_repeat = []
-        for repeat in sorted({r.get("repeat") for r in rows if r["mode"] == "saturation"}, key=str):
-            pair = {
-                r["path"]: r["cpu_ms_per_login"]
-                for r in rows
-                if (r["mode"], r["mechanism"], r.get("repeat")) == ("saturation", mech, repeat)
-            }
+        for same in saturation_repeats(rows, mech):
+            pair = {r["path"]: r["cpu_ms_per_login"] for r in same}
             if (q := ratio(pair.get("bbproxy"), pair.get("prosody-tls"))) is not None:
                 per_repeat.append(q)
         if per_repeat:
@@ -413,15 +409,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def saturation_repeats(rows: list[dict[str, Any]], mech: str) -> list[list[dict[str, Any]]]:
+    """The saturation rows of ``mech``, one list per repeat (the paths of a repeat ran within
+    minutes of each other, so they saw the same machine), in repeat order."""
+    repeats = sorted({r.get("repeat") for r in rows if r["mode"] == "saturation"}, key=str)
+    return [
+        [r for r in rows if (r["mode"], r["mechanism"], r.get("repeat")) == ("saturation", mech, repeat)]
+        for repeat in repeats
+    ]
+
+
 def tls_budget(rows: list[dict[str, Any]], mech: str) -> float | None:
     """Prosody's own TLS work per login: Prosody with TLS minus the Prosody behind a relay (the
     mean of the relays' backends), per repeat, then the median. The whole-path target is met only
     if the terminator's process costs no more than this."""
     budgets = []
-    for repeat in sorted({r.get("repeat") for r in rows if r["mode"] == "saturation"}, key=str):
-        same = [
-            r for r in rows if (r["mode"], r["mechanism"], r.get("repeat")) == ("saturation", mech, repeat)
-        ]
+    for same in saturation_repeats(rows, mech):
         tls = [r["cpu_ms_per_login"] for r in same if r["path"] == "prosody-tls"]
         plain = [r["cpu_ms_by_process"].get("prosody-plain") for r in same if r["path"] != "prosody-tls"]
         plain = [v for v in plain if v is not None]

@@ -89,9 +89,13 @@ class Peer:
         self.port = free_port()
         argv = self.argv(cert)
         self.env.commands.setdefault(self.name, shlex.join(map(str, argv)))
+        self.launch(list(map(str, argv)), cert.kind if cert else "plain")
+
+    def launch(self, argv: list[str], label: str) -> None:
+        """Start ``argv`` as this peer's process, with a log of its own, and wait until it serves."""
         self.env.starts += 1
-        log = self.log = self.env.log(f"{self.name}-{cert.kind if cert else 'plain'}-{self.env.starts}")
-        self.proc = self.env.procs.start(list(map(str, argv)), log)
+        log = self.log = self.env.log(f"{self.name}-{label}-{self.env.starts}")
+        self.proc = self.env.procs.start(argv, log)
         self.wait_ready(log)
 
     def wait_ready(self, log: Path) -> None:
@@ -389,10 +393,7 @@ VirtualHost "{DOMAIN}"
         assert self.proc is not None
         argv = [str(a) for a in self.proc.args]  # type: ignore[union-attr]
         self.stop()
-        self.env.starts += 1
-        log = self.log = self.env.log(f"{self.name}-{self.port}-restart-{self.env.starts}")
-        self.proc = self.env.procs.start(argv, log)
-        self.wait_ready(log)
+        self.launch(argv, f"{self.port}-restart")
 
 
 class PlainProsody(Prosody):

@@ -184,7 +184,7 @@ class NoiseMeter:
         """``pids``: long-lived servers of ours, still running when other_pct() is asked (their
         CPU is ours, not other processes'); children reaped by then are counted already."""
         self.env = env
-        self.pids = [pid for pid in pids if pid]
+        self.pids = list(pids)
         self.start = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
