@@ -72,13 +72,11 @@ def renew_under_a_live_session(
     lineage: str,
     served: Callable[[], str],
     *certbot_args: str,
-    also: Callable[[str], None] = lambda _new: None,
 ) -> tuple[str, str]:
     """`certbot renew --force-renewal` of LINEAGE while SESSION (a TLS 1.0 session through the proxy,
     opened on its current certificate) stays open: new handshakes (``served()``) get the renewed
-    certificate within seconds, the proxy is not restarted, and SESSION still logs in. ``also(new)``
-    checks more once the renewal is served. Closes SESSION; returns (new fingerprint, the journal
-    cursor from before the renewal)."""
+    certificate within seconds, the proxy is not restarted, and SESSION still logs in. Closes
+    SESSION; returns (new fingerprint, the journal cursor from before the renewal)."""
     try:
         old = lineage_fingerprint(host, lineage)
         assert fingerprint_of(session) == old
@@ -89,7 +87,6 @@ def renew_under_a_live_session(
         new = lineage_fingerprint(host, lineage)
         assert new != old, "certbot did not renew"
         wait_for(lambda: served() == new, "new handshakes to get the renewed certificate", 15)
-        also(new)
         assert main_pid(host, "bbproxy") == proxy_pid, "the renewal restarted the proxy"
         reply = authenticate(session, scenario.users[0])
         assert b"<success" in reply, f"the session opened before the renewal no longer works: {reply!r}"
