@@ -13,7 +13,8 @@ to close, instead of ``loop.start_tls()``:
   goes into the BIO, on asyncio and uvloop alike (``start_tls`` needs reading paused at
   the right moment, and uvloop ignores a pause made inside ``connection_made``);
 * memory: asyncio's and uvloop's SSL protocols allocate a 256 KiB read buffer per
-  connection; an idle session here holds only OpenSSL's state;
+  connection; an idle session here holds only OpenSSL's state, and its memory BIOs at most
+  a slice each however much it relayed at once (tlsengine.py);
 * the bytes of the handshake are ours to see (fingerprints, routing: issue 7).
 """
 
