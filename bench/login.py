@@ -63,7 +63,7 @@ from typing import Any
 import _path  # noqa: F401  (files/bbproxy on sys.path)
 from common import DOMAIN, HERE, HOST, BenchError, make_certs
 from peers import BBProxy, Env, HAProxy, Peer, PlainProsody, Prosody
-from procstat import NoiseMeter, Processes, process_tree, raise_nofile, settle
+from procstat import NoiseMeter, Processes, process_tree, raise_nofile, settle, tree_cpu_s
 from report import fmt, git_info, machine_info, table
 from scenarios import percentile
 from tests.kit import client_context
@@ -213,6 +213,11 @@ class Path3:
             parts[self.backend.name] = settle(self.backend.pid)
         return parts
 
+    def kernel(self) -> dict[str, float]:
+        """The part of cpu() spent in the kernel (stime): asked right after cpu(), which settled."""
+        peers = (self.front, self.backend)
+        return {p.name: tree_cpu_s(p.pid, kernel_only=True) for p in peers if p is not None}
+
 
 def start_client(
     env: Env, script: str, path: Path3, label: str, cfg: dict[str, Any]
@@ -248,11 +253,12 @@ def measure(env: Env, path: Path3, mechanism: str, mode: str, **settings: Any) -
     path.fresh(env, mechanism)
     noise = NoiseMeter(env, path.pids)
     cfg = {"mechanism": mechanism, "rate": 0, "concurrency": 1, **settings}
-    before = path.cpu()
+    before, before_kernel = path.cpu(), path.kernel()
     result = run_client(env, path, cfg, label)
-    after = path.cpu()
+    after, after_kernel = path.cpu(), path.kernel()
     ok = result["ok"]
     cpu = {name: (after[name] - before[name]) * 1000 / ok if ok else None for name in before}
+    kernel = {name: (after_kernel[name] - before_kernel[name]) * 1000 / ok if ok else None for name in before}
     durations = result.pop("durations_ms")
     row = {
         "path": path.name, "mechanism": mechanism, "mode": mode, **settings,
@@ -261,6 +267,7 @@ def measure(env: Env, path: Path3, mechanism: str, mode: str, **settings: Any) -
         "logins_per_s": ok / result["elapsed_s"] if result["elapsed_s"] else 0.0,
         "cpu_ms_per_login": sum(v for v in cpu.values() if v is not None) if ok else None,
         "cpu_ms_by_process": cpu,
+        "kernel_ms_by_process": kernel,  # the part of cpu_ms_by_process spent in the kernel (stime)
         # how busy the path kept its one core: near 100 % at saturation, else something else bounded it
         "server_core_pct": (sum(v for v in cpu.values() if v is not None) * ok / 10 / result["elapsed_s"])
         if ok and result["elapsed_s"]
@@ -338,11 +345,11 @@ def markdown(report: dict[str, Any]) -> str:
             values = [v for v in values if v is not None]
             return statistics.median(values) if values else None
 
-        def front(path: str, mech: str = mech) -> float | None:
+        def front(path: str, mech: str = mech, key: str = "cpu_ms_by_process") -> float | None:
             values = [  # the first process of a path is its TLS terminator
-                next(iter(r["cpu_ms_by_process"].values()))
+                next(iter(r[key].values()))
                 for r in rows
-                if (r["mode"], r["mechanism"], r["path"]) == ("saturation", mech, path)
+                if (r["mode"], r["mechanism"], r["path"]) == ("saturation", mech, path) and key in r
             ]
             values = [v for v in values if v is not None]
             return statistics.median(values) if values else None
@@ -351,9 +358,18 @@ def markdown(report: dict[str, Any]) -> str:
             cpu = median("saturation", path, "cpu_ms_per_login")
             return 1000 / cpu if cpu else None
 
+        def front_user(path: str) -> float | None:
+            total, kernel = front(path), front(path, key="kernel_ms_by_process")
+            return total - kernel if total is not None and kernel is not None else None
+
+        split = [  # reports from before 2026-12-07 have no kernel column
+            ("... of which in the kernel (stime)", lambda p: front(p, key="kernel_ms_by_process")),
+            ("... of which in user space (utime: the program and its libraries)", front_user),
+        ] if any("kernel_ms_by_process" in r for r in rows) else []  # fmt: skip
         for label, get in (
             ("CPU ms per login, whole path", lambda p: median("saturation", p, "cpu_ms_per_login")),
             ("CPU ms per login, the TLS terminator's process alone", front),
+            *split,
             ("logins/s one server core can do (1000 ÷ CPU ms)", capacity),
             (
                 f"logins/s measured, {report['settings']['concurrency']} in flight (the core was shared)",

@@ -133,14 +133,16 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def tree_cpu_s(pid: int) -> float:
-    """utime+stime of pid and its live descendants, plus the CPU of children they have reaped."""
+def tree_cpu_s(pid: int, kernel_only: bool = False) -> float:
+    """utime+stime of pid and its live descendants, plus the CPU of children they have reaped;
+    ``kernel_only``: stime alone (the CPU spent in the kernel on their behalf)."""
+    # utime, stime, cutime, cstime are fields 14-17 of /proc/PID/stat.
+    fields = (12, 14) if kernel_only else (11, 12, 13, 14)
     ticks = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError, IndexError):
             f = _stat_fields(member)
-            # utime, stime, cutime, cstime are fields 14-17 of /proc/PID/stat.
-            ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+            ticks += sum(int(f[i]) for i in fields)
     return ticks / CLK_TCK
 
 
