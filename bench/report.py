@@ -163,6 +163,15 @@ def headline(
                 at_most_target(kib if clean else None, peers.get("haproxy"), "<= haproxy's (issue 19)"),
             ],
         )  # fmt: skip
+    burst = results.get("idle_burst", [])
+    if (mine := pick(burst, "kib_per_session", peer="bbproxy")) is not None:
+        m = next(r for r in burst if r["peer"] == "bbproxy")
+        clean = m["failed"] == 0 and m["dead_at_close"] == 0
+        row(
+            f"idle TLS 1.0 session RSS after a {m['stanza_size'] // 1024} KiB burst each way "
+            f"(one echoed stanza), {m['ok']} sessions" + ("" if clean else ", **sessions dropped**"),
+            "KiB", mine, {name: pick(burst, "kib_per_session", peer=name) for name in HEADLINE_PEERS[:2]},
+        )  # fmt: skip
     if "idle" in results and hard_nofile:
         most = (hard_nofile - 200) // 2
         row(
@@ -653,8 +662,14 @@ def markdown(report: dict[str, Any]) -> str:
               r.get("other_cpu_pct")] for r in res["resume"]],
         )  # fmt: skip
     lines += extras_markdown(report)
-    if res.get("idle"):
-        lines += ["## Idle established TLS 1.0 sessions (ECDSA)", ""]
+    for key in ("idle", "idle_burst"):
+        if not res.get(key):
+            continue
+        if key == "idle":
+            lines += ["## Idle established TLS 1.0 sessions (ECDSA)", ""]
+        else:
+            size = max(r.get("stanza_size", 0) for r in res[key]) // 1024
+            lines += [f"## Idle TLS 1.0 sessions after a {size} KiB burst each way (ECDSA)", ""]
         lines += table(
             [
                 "peer",
@@ -689,7 +704,7 @@ def markdown(report: dict[str, Any]) -> str:
                     r["open_s"],
                     r.get("other_cpu_pct"),
                 ]
-                for r in res["idle"]
+                for r in res[key]
             ],
         )
     if res.get("throughput"):

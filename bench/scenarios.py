@@ -29,6 +29,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "concurrency": 200,
         "repeats": 1,
         "idle_sessions": [1000],
+        "idle_burst_sessions": 300,
         "stream_s": 1.5,
         "stream_warmup_s": 0.5,
         "stream_conns": [1, 16],
@@ -46,6 +47,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "concurrency": 200,
         "repeats": 3,
         "idle_sessions": [1000, 9000],
+        "idle_burst_sessions": 1000,
         "stream_s": 4.0,
         "stream_warmup_s": 1.0,
         "stream_conns": [1, 16],
@@ -58,7 +60,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "resume_handshakes": 2000,
     },
 }
-SCENARIOS = ("handshake", "resume", "idle", "throughput", "latency")
+SCENARIOS = ("handshake", "resume", "idle", "idle_burst", "throughput", "latency")
+
+# What each session of idle_burst sends, and gets echoed, before it idles: one read of bbproxy's
+# receive buffer each way (a roster, offline messages, a history sync at login).
+BURST_STANZA = 256 * 1024
 RESUME_KINDS = ("full", "id", "ticket")  # loadgen.py's "resume": none, by session ID, ticket offered
 
 
@@ -208,7 +214,8 @@ def run_handshakes(
     }  # fmt: skip
 
 
-def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
+def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert, stanza_size: int = 200) -> dict[str, Any]:
+    """``sessions`` held idle after one ``stanza_size`` round trip each (peers that echo)."""
     tls, requested = "1.0", sessions
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     fds_per_session = peer.fds_per_session
@@ -232,6 +239,7 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
             session_timeout=30,
             hold_limit=300,
         )
+        | ({"stanza_size": stanza_size} if peer.echoes else {})
         for n in split(sessions, procs)
     ]
     with loadgens(env, cfgs, f"idle-{peer.name}-{sessions}") as gens:
@@ -258,7 +266,7 @@ def run_idle(env: Env, peer: Peer, sessions: int, cert: Cert) -> dict[str, Any]:
     return {
         "peer": peer.name, "proto": peer.proto, "tls": tls, "cert": cert.kind, "requested": requested,
         "sessions": sessions, "ok": ok, "failed": sum(failures.values()), "failures": dict(failures),
-        "open_s": round(open_s, 2),
+        "stanza_size": cfgs[0]["stanza_size"], "open_s": round(open_s, 2),
         "dead_at_close": sum(c["dead_at_close"] for c in closed),
         "rss_before_kib": rss0, "rss_held_kib": rss1, "rss_after_close_kib": rss2,
         "rss_peak_kib": peak,
@@ -426,6 +434,13 @@ def scenario_plan(env: Env) -> list[tuple[str, str, float, Step]]:
                 "idle", f"idle {peer.name} {sessions} sessions", 6 + sessions / 250,
                 partial(fresh, peer, ecdsa, run),
             ))  # fmt: skip
+    bursts = p["idle_burst_sessions"]
+    for peer in (bb, *relays):
+        run = partial(run_idle, env, peer, bursts, ecdsa, stanza_size=BURST_STANZA)
+        plan.append((
+            "idle_burst", f"idle {peer.name} {bursts} sessions after a {BURST_STANZA // 1024} KiB burst",
+            6 + bursts / 100, partial(fresh, peer, ecdsa, run),
+        ))  # fmt: skip
     plan.append(("latency", "latency (all paths, interleaved)", 8 + p["latency_samples"] / 1000,
                  partial(run_latency, env)))  # fmt: skip
     stream_s = 3 + p["stream_s"] + p["stream_warmup_s"]
