@@ -65,7 +65,7 @@ help:
 	@echo "  make molecule-certbot     molecule test: certbot issues and renews against a local ACME server"
 	@echo "  make molecule-adopt       molecule test: adopting a hand-configured Prosody server"
 	@echo "  make molecule-adopt-trixie  the same on Debian 13 / Prosody 13"
-	@echo "make bench            benchmark vs same-run baselines, < 2.5 min (BENCH_ARGS=--full: < 20 min)"
+	@echo "make bench            benchmark vs same-run baselines, < 3 min (BENCH_ARGS=--full: < 20 min)"
 	@echo "make bench-all        every headline ratio from one run: --full + logins + storm + resumption, < 20 min"
 	@echo "make bench-login      whole TLS 1.0 logins: bbproxy->Prosody vs Prosody's TLS vs haproxy, < 5 min"
 	@echo "make bench-storm      1 000 logged-in sessions reset at once and back, bbproxy vs haproxy, ~2 min"

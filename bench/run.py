@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bbproxy benchmark: one command, bounded, loopback only, ratios against peers from the same run.
 
-    python bench/run.py --quick            # < 2.5 minutes (CI-sized)
+    python bench/run.py --quick            # < 3 minutes
     python bench/run.py --full             # < 20 minutes: also login.py and storm.py (issue 19)
     python bench/run.py --quick --only handshake,latency --out /tmp/bench
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 2.5 min (default)")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 3 min (default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="< 15 min")
     parser.set_defaults(mode="quick")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the .md and .json go")

@@ -21,10 +21,10 @@ from peers import BBProxy, BBProxyDirect, BBProxySplice, Direct, Env, Peer, Soca
 from procstat import fd_count, rss_kib, settle, tree_cpu_s
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized from measurements on a 2-core VM shared with other work (README): quick 110-130 s, full ~ 14 min
+    # Sized from measurements on a 2-core VM shared with other work (README): quick 130-150 s, full ~ 15 min
     # before login.py and storm.py (--with: ~4 more).
     "quick": {
-        "budget_s": 140,
+        "budget_s": 165,
         "handshakes": 1000,
         "concurrency": 200,
         "repeats": 1,
@@ -42,7 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "resume_handshakes": 500,  # per resumption run (bbproxy and haproxy, full / session ID / ticket)
     },
     "full": {
-        "budget_s": 870,
+        "budget_s": 930,
         "handshakes": 3000,
         "concurrency": 200,
         "repeats": 3,
