@@ -24,10 +24,10 @@ READ_SIZE: Final = 16384
 # biggest size ever written to it until the session ends (OpenSSL's BUF_MEM grows, never shrinks).
 # One read of up to 256 KiB from the client, or one write of that much from Prosody, put into a BIO
 # at once would leave the session holding about 4/3 of it per direction once idle again (a roster,
-# offline messages or a history sync at login: 263 KiB per idle session after one 256 KiB burst
-# each way, against 22 KiB, bench/session_memory.py --stanza-size). In slices of this size, a session
-# keeps at most about 4/3 of a slice per direction (63 KiB after that burst). A slice is one record's
-# plaintext: 4 KiB slices kept 31 KiB but cost 40-75 % more relay CPU in a bulk transfer.
+# offline messages or a history sync at login): 266 KiB per idle session after one 256 KiB burst
+# each way, against 20 KiB without (bench/run.py --only idle,idle_burst). In slices of this size, a
+# session keeps at most about 4/3 of a slice per direction: 68 KiB after that burst. A slice is one
+# record's plaintext; 4 KiB slices kept less but cost 40-75 % more relay CPU in a bulk transfer.
 BIO_SLICE: Final = 16384
 
 
