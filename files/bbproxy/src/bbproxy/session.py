@@ -256,9 +256,11 @@ class ClientSession(asyncio.BufferedProtocol):
 
     def flush_tls(self) -> None:
         if self.tls is not None and self.transport is not None:
-            data = self.tls.data_to_send()
-            if data:
-                self.transport.write(data)
+            records = self.tls.records_to_send()
+            if len(records) == 1:
+                self.transport.write(records[0])
+            elif records:  # a burst encrypted slice by slice: one writev, no join
+                self.transport.writelines(records)
 
     def splice(self, raw: bytes, sni: str | None) -> None:
         self.route = "passthrough"

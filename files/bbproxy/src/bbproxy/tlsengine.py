@@ -119,14 +119,20 @@ class TlsEngine:
                 self._sslobj.write(view[start : start + BIO_SLICE])
                 encrypted.append(self._outgoing.read())
 
+    def records_to_send(self) -> list[bytes]:
+        """Everything queued for the client, in order, as the pieces it was taken out in (a
+        transport's writelines() sends them without joining them first); ``[]`` if nothing is."""
+        records = self._encrypted
+        if records is None:
+            return [self._outgoing.read()] if self._outgoing.pending else []
+        self._encrypted = None
+        if self._outgoing.pending:
+            records.append(self._outgoing.read())
+        return records
+
     def data_to_send(self) -> bytes:
-        """Everything queued for the client (``b""`` if nothing is)."""
-        if self._encrypted is not None:
-            self._encrypted.append(self._outgoing.read())
-            data = b"".join(self._encrypted)
-            self._encrypted = None
-            return data
-        return self._outgoing.read() if self._outgoing.pending else b""
+        """Everything queued for the client, in one piece (``b""`` if nothing is)."""
+        return b"".join(self.records_to_send())
 
     def close(self) -> None:
         """Queue our close_notify; errors are ignored, the connection is ending anyway."""
