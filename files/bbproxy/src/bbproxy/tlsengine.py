@@ -107,7 +107,8 @@ class TlsEngine:
                     return None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Encrypt ``data`` for the client; the records wait in data_to_send()."""
+        """Encrypt ``data`` for the client, a slice at a time; the records wait for
+        records_to_send() (or data_to_send())."""
         if len(data) <= BIO_SLICE:
             self._sslobj.write(data)
             return
