@@ -21,8 +21,8 @@ from peers import BBProxy, BBProxyDirect, BBProxySplice, Direct, Env, Peer, Soca
 from procstat import fd_count, rss_kib, settle, tree_cpu_s
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized from measurements on a 2-core VM shared with other work (README): quick 130-150 s, full ~ 15 min
-    # before login.py and storm.py (--with: ~4 more).
+    # Sized from measurements on a 2-core VM shared with other work (README): quick 110-150 s, full
+    # ~ 11 min with login.py and storm.py (--with), 2026-12-07 on an idle machine.
     "quick": {
         "budget_s": 165,
         "handshakes": 1000,
