@@ -56,15 +56,13 @@ class TlsEngine:
             self._unfed = self._unfed[self._unfed_at :] + data
             self._unfed_at = 0
             return
-        room = BIO_SLICE - self._incoming.pending
+        room = max(BIO_SLICE - self._incoming.pending, 0)
         if len(data) <= room:
             self._incoming.write(data)
             return
         with memoryview(data) as view:
-            if room > 0:
+            if room:
                 self._incoming.write(view[:room])
-            else:
-                room = 0
             self._unfed = bytes(view[room:])
         self._unfed_at = 0
 
