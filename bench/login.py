@@ -257,8 +257,11 @@ def measure(env: Env, path: Path3, mechanism: str, mode: str, **settings: Any) -
     result = run_client(env, path, cfg, label)
     after, after_kernel = path.cpu(), path.kernel()
     ok = result["ok"]
-    cpu = {name: (after[name] - before[name]) * 1000 / ok if ok else None for name in before}
-    kernel = {name: (after_kernel[name] - before_kernel[name]) * 1000 / ok if ok else None for name in before}
+
+    def per_login(end: dict[str, float], start: dict[str, float]) -> dict[str, float | None]:
+        return {name: (end[name] - start[name]) * 1000 / ok if ok else None for name in start}
+
+    cpu, kernel = per_login(after, before), per_login(after_kernel, before_kernel)
     durations = result.pop("durations_ms")
     row = {
         "path": path.name, "mechanism": mechanism, "mode": mode, **settings,
