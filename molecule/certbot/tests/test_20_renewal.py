@@ -40,7 +40,8 @@ def renew_and_check(host: Any, scenario: Scenario, *certbot_args: str) -> str:
         lambda: served_fingerprint(host, 5222, domain),
         *certbot_args,
     )
-    assert served_fingerprint(host, 5223, domain, starttls=False) == new
+    served = served_fingerprint(host, 5223, domain, starttls=False)
+    assert served == new, "the direct-TLS port does not serve the renewed certificate"
     journal = hook_journal(host, cursor)
     assert f"{domain}: copied {live(domain)}/fullchain.pem and {live(domain)}/privkey.pem" in journal, journal
     assert hook_journal(host, cursor, errors_only=True) == ""

@@ -91,7 +91,8 @@ def test_renewal_of_the_legacy_lineage_reaches_the_proxy(
         "--cert-name",
         LINEAGE,
     )
-    assert served_fingerprint(host, 5222, scenario.domain, tls_flag="-tls1_3") == main
+    served = served_fingerprint(host, 5222, scenario.domain, tls_flag="-tls1_3")
+    assert served == main, "a TLS 1.3 client got the renewed legacy chain"
     journal = hook_journal(host, cursor)
     assert f"legacy chain: copied {live(LINEAGE)}/fullchain.pem and {live(LINEAGE)}/privkey.pem" in journal, journal
     assert hook_journal(host, cursor, errors_only=True) == ""
