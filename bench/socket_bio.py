@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""What a socket-BIO TLS engine would save bbproxy (issue 19): the same minimal relay on uvloop with
+"""Memory BIO or socket BIO (issue 19): one minimal relay three ways, against bbproxy and haproxy.
+
+What would a socket-BIO TLS engine save bbproxy? The same minimal relay on uvloop runs with
 OpenSSL on memory BIOs driven from Python (bbproxy's design), on the socket itself, and in uvloop's
 own TLS, against bbproxy and haproxy in the same run.
 
