@@ -48,8 +48,8 @@ from typing import Any
 
 from common import HERE, HOST, BenchError, Cert, make_certs
 from peers import BBProxyDirect, Env, HAProxy, Peer, running, start_echo
-from procstat import Processes, raise_nofile
-from scenarios import PROFILES, run_handshakes, run_idle, run_stream
+from procstat import Processes, raise_nofile, settle
+from scenarios import PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
 from servers import server_context
 
 READ_SIZE = 256 * 1024  # bbproxy's receive buffer, shared by every session of the process
@@ -472,6 +472,25 @@ class PythonRelay(Peer):
         ]  # fmt: skip
 
 
+ROUND_TRIPS = 20000  # one connection, one 200 B stanza at a time: ~1 s, so 10 ms CPU ticks are ~1 %
+
+
+def run_round_trips(env: Env, peer: Peer) -> dict[str, float]:
+    """XMPP's usual traffic: small stanzas, one at a time. The server's CPU per 200 B echoed
+    through it and back, and the round trip's median as the client saw it."""
+    cfg = {"mode": "latency", "port": peer.port, "proto": peer.proto, "tls": "1.0", "stanza_size": 200,
+           "samples": ROUND_TRIPS, "warmup": 500, "time_limit": 60}  # fmt: skip
+    with loadgens(env, [cfg], f"rt-{peer.name}") as (gen,):
+        cpu0 = settle(peer.pid)
+        gen.send("go")
+        result = gen.expect("result", 90)
+        cpu1 = settle(peer.pid)
+    if result["failed"]:
+        raise BenchError(f"{peer.name}: round trips failed: {result['failures']}")
+    samples = result["samples_us"]
+    return {"cpu_us": (cpu1 - cpu0) * 1e6 / (ROUND_TRIPS + 500), "p50_us": percentile(samples, 50)}
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -514,27 +533,35 @@ def main(argv: list[str] | None = None) -> int:
                     held = run_idle(env, peer, idle, cert)
                     hs = run_handshakes(env, peer, "1.0", cert, sessions=handshakes)
                     streams = [run_stream(env, peer, conns, "1.0") for conns in (1, 16)]
+                    trips = run_round_trips(env, peer)
                 failed = held["failed"] + hs["failed"] + sum(st["failed"] for st in streams)
                 if failed:
                     why = f"{held['failures']} {hs['failures']}"
                     raise BenchError(f"{peer.name}: {failed} sessions failed: {why}")
-                row = rows.setdefault(peer.name, {"idle": [], "cpu": [], "gb1": [], "gb16": []})
+                row = rows.setdefault(
+                    peer.name, {"idle": [], "cpu": [], "gb1": [], "gb16": [], "rt": [], "p50": []}
+                )
                 row["idle"].append(held["kib_per_session"])
                 row["cpu"].append(hs["peer_cpu_ms_per_session"])
                 row["gb1"].append(streams[0]["peer_cpu_s_per_gb"])
                 row["gb16"].append(streams[1]["peer_cpu_s_per_gb"])
+                row["rt"].append(trips["cpu_us"])
+                row["p50"].append(trips["p50_us"])
                 print(f"round {round_ + 1} {peer.name:15} idle {row['idle'][-1]:6.2f} KiB/session, "
                       f"handshake {row['cpu'][-1]:.3f} ms CPU/session, relay "
-                      f"{row['gb1'][-1]:.2f} / {row['gb16'][-1]:.2f} s CPU/GB at 1 / 16 connections",
+                      f"{row['gb1'][-1]:.2f} / {row['gb16'][-1]:.2f} s CPU/GB at 1 / 16 connections, "
+                      f"200 B round trip {row['rt'][-1]:.1f} us CPU, p50 {row['p50'][-1]:.1f} us",
                       flush=True)  # fmt: skip
     finally:
         env.procs.stop_all()
     ref = "haproxy" if "haproxy" in rows else "memory-bio"
     print(f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
           f"{idle} idle sessions, {handshakes} handshakes at 200 in flight, "
-          f"{env.profile['stream_s']} s of relay at 1 and 16 connections; x = ratio to {ref}")  # fmt: skip
+          f"{env.profile['stream_s']} s of relay at 1 and 16 connections, {ROUND_TRIPS} round trips of "
+          f"200 B on one connection; x = ratio to {ref}")  # fmt: skip
     columns = [("idle", "idle KiB/session", 2), ("cpu", "handshake CPU ms/session", 3),
-               ("gb1", "relay CPU s/GB, 1 conn", 2), ("gb16", "relay CPU s/GB, 16 conns", 2)]  # fmt: skip
+               ("gb1", "relay CPU s/GB, 1 conn", 2), ("gb16", "relay CPU s/GB, 16 conns", 2),
+               ("rt", "200 B round trip, CPU us", 1), ("p50", "200 B round trip p50 us", 1)]  # fmt: skip
     print("| server | " + " | ".join(f"{title} | x" for _key, title, _digits in columns) + " |")
     print("| --- |" + " --- | --- |" * len(columns))
     for name, row in rows.items():
