@@ -22,9 +22,12 @@ backend and back, then idle or close), with the benchmark's TLS policy:
                 code in Python; the backend as in ``memory-bio``.
 
 They run as this file's ``server`` mode. Each round starts every peer afresh, in an order reversed
-every other round, holds ``--idle-sessions`` idle sessions (RSS growth per session) and then runs
-``--handshakes`` sessions at 200 in flight (server CPU per session): run.py's idle and handshake
-scenarios. Loopback only, every loop bounded, every process stopped by PID.
+every other round, holds ``--idle-sessions`` idle sessions (RSS growth per session), runs
+``--handshakes`` sessions at 200 in flight (server CPU per session), relays for 3 s at 1 and 16
+connections (CPU per GB) and 200 B stanzas one at a time on one connection (CPU per round trip):
+run.py's idle, handshake, throughput and latency scenarios. Then, started afresh, it holds 300
+sessions that each relayed 256 KiB each way first (run.py's idle_burst). Loopback only, every
+loop bounded, every process stopped by PID.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any
 from common import HERE, HOST, BenchError, Cert, make_certs
 from peers import BBProxyDirect, Env, HAProxy, Peer, running, start_echo
 from procstat import Processes, raise_nofile, settle
-from scenarios import PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
+from scenarios import BURST_STANZA, PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
 from servers import server_context
 
 READ_SIZE = 256 * 1024  # bbproxy's receive buffer, shared by every session of the process
@@ -472,6 +475,17 @@ class PythonRelay(Peer):
         ]  # fmt: skip
 
 
+COLUMNS: list[tuple[str, str, int]] = [
+    ("idle", "idle KiB/session", 2),
+    ("burst", "idle KiB/session after a burst", 1),
+    ("cpu", "handshake CPU ms/session", 3),
+    ("gb1", "relay CPU s/GB, 1 conn", 2),
+    ("gb16", "relay CPU s/GB, 16 conns", 2),
+    ("rt", "200 B round trip, CPU us", 1),
+    ("p50", "200 B round trip p50 us", 1),
+]  # key, title, decimals
+
+BURST_SESSIONS = 300  # run.py's quick idle_burst: each sends and gets back BURST_STANZA, then idles
 ROUND_TRIPS = 20000  # one connection, one 200 B stanza at a time: ~1 s, so 10 ms CPU ticks are ~1 %
 
 
@@ -534,20 +548,22 @@ def main(argv: list[str] | None = None) -> int:
                     hs = run_handshakes(env, peer, "1.0", cert, sessions=handshakes)
                     streams = [run_stream(env, peer, conns, "1.0") for conns in (1, 16)]
                     trips = run_round_trips(env, peer)
-                failed = held["failed"] + hs["failed"] + sum(st["failed"] for st in streams)
+                with running(peer, cert):  # afresh: the relay runs above freed big buffers
+                    burst = run_idle(env, peer, BURST_SESSIONS, cert, stanza_size=BURST_STANZA)
+                failed = held["failed"] + hs["failed"] + burst["failed"] + sum(st["failed"] for st in streams)
                 if failed:
                     why = f"{held['failures']} {hs['failures']}"
                     raise BenchError(f"{peer.name}: {failed} sessions failed: {why}")
-                row = rows.setdefault(
-                    peer.name, {"idle": [], "cpu": [], "gb1": [], "gb16": [], "rt": [], "p50": []}
-                )
+                row = rows.setdefault(peer.name, {key: [] for key, _title, _digits in COLUMNS})
                 row["idle"].append(held["kib_per_session"])
+                row["burst"].append(burst["kib_per_session"])
                 row["cpu"].append(hs["peer_cpu_ms_per_session"])
                 row["gb1"].append(streams[0]["peer_cpu_s_per_gb"])
                 row["gb16"].append(streams[1]["peer_cpu_s_per_gb"])
                 row["rt"].append(trips["cpu_us"])
                 row["p50"].append(trips["p50_us"])
-                print(f"round {round_ + 1} {peer.name:15} idle {row['idle'][-1]:6.2f} KiB/session, "
+                print(f"round {round_ + 1} {peer.name:15} idle {row['idle'][-1]:6.2f} KiB/session "
+                      f"({row['burst'][-1]:.1f} after a burst), "
                       f"handshake {row['cpu'][-1]:.3f} ms CPU/session, relay "
                       f"{row['gb1'][-1]:.2f} / {row['gb16'][-1]:.2f} s CPU/GB at 1 / 16 connections, "
                       f"200 B round trip {row['rt'][-1]:.1f} us CPU, p50 {row['p50'][-1]:.1f} us",
@@ -556,17 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         env.procs.stop_all()
     ref = "haproxy" if "haproxy" in rows else "memory-bio"
     print(f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
-          f"{idle} idle sessions, {handshakes} handshakes at 200 in flight, "
+          f"{idle} idle sessions ({BURST_SESSIONS} after {BURST_STANZA // 1024} KiB each way), "
+          f"{handshakes} handshakes at 200 in flight, "
           f"{env.profile['stream_s']} s of relay at 1 and 16 connections, {ROUND_TRIPS} round trips of "
           f"200 B on one connection; x = ratio to {ref}")  # fmt: skip
-    columns = [("idle", "idle KiB/session", 2), ("cpu", "handshake CPU ms/session", 3),
-               ("gb1", "relay CPU s/GB, 1 conn", 2), ("gb16", "relay CPU s/GB, 16 conns", 2),
-               ("rt", "200 B round trip, CPU us", 1), ("p50", "200 B round trip p50 us", 1)]  # fmt: skip
-    print("| server | " + " | ".join(f"{title} | x" for _key, title, _digits in columns) + " |")
-    print("| --- |" + " --- | --- |" * len(columns))
+    print("| server | " + " | ".join(f"{title} | x" for _key, title, _digits in COLUMNS) + " |")
+    print("| --- |" + " --- | --- |" * len(COLUMNS))
     for name, row in rows.items():
         cells = []
-        for key, _title, digits in columns:
+        for key, _title, digits in COLUMNS:
             value, base = median(row[key]), median(rows[ref][key])
             cells.append(f"{value:.{digits}f} | {value / base:.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
