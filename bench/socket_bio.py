@@ -5,7 +5,7 @@ What would a socket-BIO TLS engine save bbproxy? The same minimal relay on uvloo
 OpenSSL on memory BIOs driven from Python (bbproxy's design), on the socket itself, and in uvloop's
 own TLS, against bbproxy and haproxy in the same run.
 
-    .venv/bin/python bench/socket_bio.py               # 3 rounds, 4 000 idle, 3 000 handshakes: ~4 min
+    .venv/bin/python bench/socket_bio.py               # 3 rounds, 4 000 idle, 3 000 handshakes: ~6 min
     .venv/bin/python bench/socket_bio.py --cert rsa    # the RSA chain (a bigger first flight)
 
 An experiment, not a design: the three servers here are the smallest direct-TLS relays that do
