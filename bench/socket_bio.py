@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import resource
 import shutil
@@ -522,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     idle = max(1000, min(args.idle_sessions, 5000))
     handshakes = max(100, min(args.handshakes, 5000))
     raise_nofile()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # so that the finally below stops every server
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="bbproxy-socket-bio-"))
     ns = argparse.Namespace(python=args.python, loop="uvloop", proxy_args="", skip_peers=set(), clients=2)
     env = Env(ns, dict(PROFILES["quick"]) | {"stream_s": 3.0}, workdir, Processes())
@@ -592,5 +597,11 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         sys.path.insert(0, str(HERE))
         sys.exit(server_main(sys.argv[2:]))
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(
+            f"socket_bio.py: stopped ({exc or 'interrupted'}); every server it started is stopped",
+            file=sys.stderr,
+        )
+        sys.exit(130)
