@@ -46,7 +46,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,16 @@ from typing import Any
 import _path  # noqa: F401  (files/bbproxy on sys.path)
 from common import DOMAIN, HERE, HOST, BenchError, make_certs
 from peers import BBProxy, Env, HAProxy, Peer, PlainProsody, Prosody
-from procstat import NoiseMeter, Processes, process_tree, raise_nofile, settle, tree_cpu_s
+from procstat import (
+    NoiseMeter,
+    Processes,
+    ignore_signals,
+    interrupt_on_signals,
+    process_tree,
+    raise_nofile,
+    settle,
+    tree_cpu_s,
+)
 from report import fmt, git_info, machine_info, table
 from scenarios import percentile
 from tests.kit import client_context
@@ -519,11 +527,7 @@ def run_over_paths(
         env.deadline = started + budget
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
     rows: list[dict[str, Any]] = []
     machine: dict[str, Any] = {}
     run_noise = NoiseMeter(env)
@@ -538,8 +542,7 @@ def run_over_paths(
         interrupted = True
         env.notes.append("interrupted")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()
         env.procs.stop_all()
     report = {
         "started": stamp,

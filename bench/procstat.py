@@ -69,6 +69,26 @@ class Processes:
             self.stop(proc)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM, SIGINT and SIGHUP raise KeyboardInterrupt, so that a run's ``finally`` stops every
+    server it started (by default SIGTERM and SIGHUP end Python without running it)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+
+
+def ignore_signals() -> None:
+    """While cleaning up: a second signal must not cut the clean-up short."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def raise_nofile() -> None:
     """Soft fd limit up to the hard one, for us and (inherited) every child."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from typing import Any
 # (headline, verdicts, machine and versions, Markdown).
 from common import HERE, BenchError, make_certs
 from peers import Env, start_echo
-from procstat import NoiseMeter, Processes, raise_nofile
+from procstat import NoiseMeter, Processes, ignore_signals, interrupt_on_signals, raise_nofile
 from report import NOT_MEASURED, git_info, headline, machine_info, markdown, source_fingerprint
 from scenarios import PROFILES, SCENARIOS, scenario_plan
 
@@ -163,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     results: dict[str, list[dict[str, Any]]] = {}
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
     interrupted = False
     machine: dict[str, Any] = {}
     run_noise = NoiseMeter(env)
@@ -204,12 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        ignore_signals()
         procs.stop_all()
     extras: dict[str, dict[str, Any]] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)  # run_extra stops its child on these
+    interrupt_on_signals()  # run_extra stops its child on these
     for name in args.extras if not interrupted else []:
         t0 = time.monotonic()
         try:
@@ -225,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         extras[name] = sub
         env.notes += [f"{name}: {note}" for note in sub.get("notes", [])]
         print(f"bench: {name} {time.monotonic() - t0:.0f}s", file=sys.stderr)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_signals()
     if source_fingerprint() != fingerprint:
         env.notes.append(
             "bbproxy's source files changed during this run (editable install): "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from common import HERE, Cert, make_certs
 from peers import BBProxy, Env, running, start_echo
-from procstat import Processes, raise_nofile, rss_kib, settle
+from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, rss_kib, settle
 from scenarios import PROFILES, loadgens, session_cfg, warm_up
 
 MAX_SESSIONS = 5000
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sessions = max(1, min(args.sessions, MAX_SESSIONS))
     raise_nofile()
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="bbproxy-memory-"))
     ns = argparse.Namespace(python=args.python, loop=args.loop, proxy_args="", skip_peers=set(), clients=1)
     env = Env(ns, dict(PROFILES["quick"]), workdir, Processes())
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 gen.send("close")
                 closed = gen.expect("result", 60)
     finally:
+        ignore_signals()
         env.procs.stop_all()
     ok = established["ok"]
     if not ok:
@@ -201,4 +203,11 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         sys.path.insert(0, str(HERE))
         sys.exit(server_main(sys.argv[2:]))
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(
+            f"session_memory.py: stopped ({exc or 'interrupted'}); every server it started is stopped",
+            file=sys.stderr,
+        )
+        sys.exit(130)

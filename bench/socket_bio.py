@@ -50,7 +50,7 @@ from typing import Any
 
 from common import HERE, HOST, BenchError, Cert, make_certs
 from peers import BBProxyDirect, Env, HAProxy, Peer, running, start_echo
-from procstat import Processes, raise_nofile, settle
+from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, settle
 from scenarios import BURST_STANZA, PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
 from servers import server_context
 
@@ -521,12 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     idle = max(1000, min(args.idle_sessions, 5000))
     handshakes = max(100, min(args.handshakes, 5000))
     raise_nofile()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # so that the finally below stops every server
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="bbproxy-socket-bio-"))
     ns = argparse.Namespace(python=args.python, loop="uvloop", proxy_args="", skip_peers=set(), clients=2)
     env = Env(ns, dict(PROFILES["quick"]) | {"stream_s": 3.0}, workdir, Processes())
@@ -574,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"200 B round trip {row['rt'][-1]:.1f} us CPU, p50 {row['p50'][-1]:.1f} us",
                       flush=True)  # fmt: skip
     finally:
+        ignore_signals()
         env.procs.stop_all()
     ref = "haproxy" if "haproxy" in rows else "memory-bio"
     print(f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
