@@ -9,10 +9,11 @@ import re
 import resource
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from common import BenchError
 
@@ -87,6 +88,18 @@ def ignore_signals() -> None:
     """While cleaning up: a second signal must not cut the clean-up short."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def run_script(name: str, main: Callable[[], int]) -> NoReturn:
+    """A script's exit: main()'s status, or 130 with one line when a signal stopped it (main's
+    ``finally`` has stopped its servers by then: interrupt_on_signals)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(
+            f"{name}: stopped ({exc or 'interrupted'}); every server it started is stopped", file=sys.stderr
+        )
+        sys.exit(130)
 
 
 def raise_nofile() -> None:

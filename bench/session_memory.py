@@ -38,7 +38,15 @@ from pathlib import Path
 
 from common import HERE, Cert, make_certs
 from peers import BBProxy, Env, running, start_echo
-from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, rss_kib, settle
+from procstat import (
+    Processes,
+    ignore_signals,
+    interrupt_on_signals,
+    raise_nofile,
+    rss_kib,
+    run_script,
+    settle,
+)
 from scenarios import PROFILES, loadgens, session_cfg, warm_up
 
 MAX_SESSIONS = 5000
@@ -203,11 +211,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         sys.path.insert(0, str(HERE))
         sys.exit(server_main(sys.argv[2:]))
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(
-            f"session_memory.py: stopped ({exc or 'interrupted'}); every server it started is stopped",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    run_script("session_memory.py", main)

@@ -50,7 +50,7 @@ from typing import Any
 
 from common import HERE, HOST, BenchError, Cert, make_certs
 from peers import BBProxyDirect, Env, HAProxy, Peer, running, start_echo
-from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, settle
+from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, run_script, settle
 from scenarios import BURST_STANZA, PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
 from servers import server_context
 
@@ -593,11 +593,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         sys.path.insert(0, str(HERE))
         sys.exit(server_main(sys.argv[2:]))
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(
-            f"socket_bio.py: stopped ({exc or 'interrupted'}); every server it started is stopped",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    run_script("socket_bio.py", main)
