@@ -90,9 +90,14 @@ def ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def run_script(name: str, main: Callable[[], int]) -> NoReturn:
-    """A script's exit: main()'s status, or 130 with one line when a signal stopped it (main's
+def run_script(
+    name: str, main: Callable[[], int], server: Callable[[list[str]], int] | None = None
+) -> NoReturn:
+    """A script's exit: ``server(argv)`` for ``SCRIPT server ARGS...`` (its server mode, a child of
+    its own run); else main()'s status, or 130 with one line when a signal stopped it (main's
     ``finally`` has stopped its servers by then: interrupt_on_signals)."""
+    if server is not None and sys.argv[1:2] == ["server"]:
+        sys.exit(server(sys.argv[2:]))
     try:
         sys.exit(main())
     except KeyboardInterrupt as exc:

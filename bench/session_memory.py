@@ -36,7 +36,7 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-from common import HERE, Cert, make_certs
+from common import Cert, make_certs
 from peers import BBProxy, Env, running, start_echo
 from procstat import (
     Processes,
@@ -208,7 +208,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["server"]:
-        sys.path.insert(0, str(HERE))
-        sys.exit(server_main(sys.argv[2:]))
-    run_script("session_memory.py", main)
+    run_script("session_memory.py", main, server=server_main)

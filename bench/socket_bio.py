@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import HERE, HOST, BenchError, Cert, make_certs
+from common import HOST, BenchError, Cert, make_certs
 from peers import BBProxyDirect, Env, HAProxy, Peer, running, start_echo
 from procstat import Processes, ignore_signals, interrupt_on_signals, raise_nofile, run_script, settle
 from scenarios import BURST_STANZA, PROFILES, loadgens, percentile, run_handshakes, run_idle, run_stream
@@ -590,7 +590,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["server"]:
-        sys.path.insert(0, str(HERE))
-        sys.exit(server_main(sys.argv[2:]))
-    run_script("socket_bio.py", main)
+    run_script("socket_bio.py", main, server=server_main)
