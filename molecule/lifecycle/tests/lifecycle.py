@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,28 +66,33 @@ def build_wheel(version: str) -> Path:
 def run_site_killed_when(host: Any, check: str, extra_vars: dict[str, Any] | None = None) -> PlaybookRun:
     """Start site.yml and SIGKILL it (its whole process group: forks, podman exec) as soon as the
     shell command CHECK succeeds in the container, like a controller that crashes or an SSH session
-    that drops at that moment."""
-    process = subprocess.Popen(
-        site_command(extra_vars or {}),
-        env=playbook_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + PLAYBOOK_TIMEOUT
-    killed = False
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if host.run(check).rc == 0:
+    that drops at that moment.
+
+    A killed run cannot clean up after itself on the controller (the role's temporary directory for
+    the wheel it built): it gets a TMPDIR of its own, removed here, so that `make test` leaves
+    nothing in /tmp."""
+    with tempfile.TemporaryDirectory(prefix="bbproxy-killed-run.", ignore_cleanup_errors=True) as tmpdir:
+        process = subprocess.Popen(
+            site_command(extra_vars or {}),
+            env=playbook_env() | {"TMPDIR": tmpdir},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + PLAYBOOK_TIMEOUT
+        killed = False
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if host.run(check).rc == 0:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.1)
+        finally:
+            if process.poll() is None and not killed:
                 os.killpg(process.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.1)
-    finally:
-        if process.poll() is None and not killed:
-            os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate(timeout=60)
+            output, _ = process.communicate(timeout=60)
     if not killed:
         pytest.fail(f"`{check}` never succeeded in the container, so the run was not interrupted:\n{output[-6000:]}")
     return playbook_result(process.returncode, output)
