@@ -28,6 +28,12 @@ connections (CPU per GB) and 200 B stanzas one at a time on one connection (CPU 
 run.py's idle, handshake, throughput and latency scenarios. Then, started afresh, it holds 300
 sessions that each relayed 256 KiB each way first (run.py's idle_burst). Loopback only, every
 loop bounded, every process stopped by PID.
+
+    .venv/bin/python bench/socket_bio.py --bursts 2,8,32    # idle after a 2, 8 or 32 KiB burst: ~8 min
+
+``--bursts`` measures only what an idle session keeps after it once relayed a stanza of each size
+each way (a roster, a vCard with its avatar, offline messages at login): every peer started afresh
+for each size, ``BURST_SIZED_SESSIONS`` sessions held, rounds and peers ordered as above.
 """
 
 from __future__ import annotations
@@ -483,6 +489,7 @@ COLUMNS: list[tuple[str, str, int]] = [
 ]  # key, title, decimals
 
 BURST_SESSIONS = 300  # run.py's quick idle_burst: each sends and gets back BURST_STANZA, then idles
+BURST_SIZED_SESSIONS = 1000  # --bursts: fewer sessions mostly reuse the heap the warm-up freed
 ROUND_TRIPS = 20000  # one connection, one 200 B stanza at a time: ~1 s, so 10 ms CPU ticks are ~1 %
 WARMUP_TRIPS = 500  # before the timed ones, on the same connection (its CPU is counted too)
 
@@ -507,18 +514,90 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def measure_all(env: Env, peer: Peer, cert: Cert, idle: int, handshakes: int) -> dict[str, float]:
+    """One round of one peer: every column of COLUMNS."""
+    with running(peer, cert):
+        held = run_idle(env, peer, idle, cert)
+        hs = run_handshakes(env, peer, "1.0", cert, sessions=handshakes)
+        streams = [run_stream(env, peer, conns, "1.0") for conns in (1, 16)]
+        trips = run_round_trips(env, peer)
+    with running(peer, cert):  # afresh: the relay runs above freed big buffers
+        burst = run_idle(env, peer, BURST_SESSIONS, cert, stanza_size=BURST_STANZA)
+    check_failed(peer, [held, hs, burst, *streams])
+    return {
+        "idle": held["kib_per_session"],
+        "burst": burst["kib_per_session"],
+        "cpu": hs["peer_cpu_ms_per_session"],
+        "gb1": streams[0]["peer_cpu_s_per_gb"],
+        "gb16": streams[1]["peer_cpu_s_per_gb"],
+        "rt": trips["cpu_us"],
+        "p50": trips["p50_us"],
+    }
+
+
+def measure_bursts(env: Env, peer: Peer, cert: Cert, sizes: list[int]) -> dict[str, float]:
+    """One round of one peer for --bursts: idle KiB per session after one burst of each size (KiB)
+    each way, the peer started afresh for each, so no size inherits another's freed heap."""
+    row: dict[str, float] = {}
+    for size in sizes:
+        with running(peer, cert):
+            held = run_idle(env, peer, BURST_SIZED_SESSIONS, cert, stanza_size=size * 1024)
+        check_failed(peer, [held])
+        row[f"{size}k"] = held["kib_per_session"]
+    return row
+
+
+def check_failed(peer: Peer, runs: list[dict[str, Any]]) -> None:
+    if failed := sum(r["failed"] for r in runs):
+        why = " ".join(str(r["failures"]) for r in runs if r["failed"])
+        raise BenchError(f"{peer.name}: {failed} sessions failed: {why}")
+
+
+def burst_sizes(text: str) -> list[int]:
+    """--bursts: sizes in KiB, 1..256 each, at most five."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of KiB sizes: {text!r}") from None
+    if not sizes or len(sizes) > 5 or not all(1 <= size <= 256 for size in sizes):
+        raise argparse.ArgumentTypeError("one to five sizes, each 1..256 KiB")
+    return sizes
+
+
+def print_table(rows: dict[str, dict[str, list[float]]], columns: list[tuple[str, str, int]]) -> None:
+    """Medians, each with its ratio to haproxy's (to memory-bio's without haproxy)."""
+    ref = "haproxy" if "haproxy" in rows else "memory-bio"
+    print(f"x = ratio to {ref}")
+    print("| server | " + " | ".join(f"{title} | x" for _key, title, _digits in columns) + " |")
+    print("| --- |" + " --- | --- |" * len(columns))
+    for name, row in rows.items():
+        cells = []
+        for key, _title, digits in columns:
+            value, base = median(row[key]), median(rows[ref][key])
+            cells.append(f"{value:.{digits}f} | {value / base:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds (1..5), each peer once per round")
     parser.add_argument("--idle-sessions", type=int, default=4000, help="idle sessions held (1000..5000)")
     parser.add_argument("--handshakes", type=int, default=3000, help="sessions per handshake run (100..5000)")
     parser.add_argument("--cert", choices=["ecdsa", "rsa"], default="ecdsa", help="key type of the chain")
+    parser.add_argument(
+        "--bursts", type=burst_sizes, metavar="KIB[,KIB...]",
+        help="only idle memory after one burst of each size each way (1..256 KiB, up to five sizes)",
+    )  # fmt: skip
     parser.add_argument("--python", default=sys.executable, help="interpreter that can import bbproxy")
     args = parser.parse_args(argv)
     rounds = max(1, min(args.rounds, 5))
     # Fewer sessions mostly reuse the heap the warm-up freed, and say little (bench/README).
     idle = max(1000, min(args.idle_sessions, 5000))
     handshakes = max(100, min(args.handshakes, 5000))
+    if args.bursts:
+        columns = [(f"{size}k", f"idle KiB/session after {size} KiB", 1) for size in args.bursts]
+    else:
+        columns = COLUMNS
     raise_nofile()
     interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="bbproxy-socket-bio-"))
@@ -542,50 +621,45 @@ def main(argv: list[str] | None = None) -> int:
             for peer in peers if round_ % 2 == 0 else peers[::-1]:
                 if env.remaining() < 0:
                     raise BenchError("over the 900 s budget")
-                with running(peer, cert):
-                    held = run_idle(env, peer, idle, cert)
-                    hs = run_handshakes(env, peer, "1.0", cert, sessions=handshakes)
-                    streams = [run_stream(env, peer, conns, "1.0") for conns in (1, 16)]
-                    trips = run_round_trips(env, peer)
-                with running(peer, cert):  # afresh: the relay runs above freed big buffers
-                    burst = run_idle(env, peer, BURST_SESSIONS, cert, stanza_size=BURST_STANZA)
-                runs = [held, hs, burst, *streams]
-                if failed := sum(r["failed"] for r in runs):
-                    why = " ".join(str(r["failures"]) for r in runs if r["failed"])
-                    raise BenchError(f"{peer.name}: {failed} sessions failed: {why}")
-                row = rows.setdefault(peer.name, {key: [] for key, _title, _digits in COLUMNS})
-                row["idle"].append(held["kib_per_session"])
-                row["burst"].append(burst["kib_per_session"])
-                row["cpu"].append(hs["peer_cpu_ms_per_session"])
-                row["gb1"].append(streams[0]["peer_cpu_s_per_gb"])
-                row["gb16"].append(streams[1]["peer_cpu_s_per_gb"])
-                row["rt"].append(trips["cpu_us"])
-                row["p50"].append(trips["p50_us"])
-                print(f"round {round_ + 1} {peer.name:15} idle {row['idle'][-1]:6.2f} KiB/session "
-                      f"({row['burst'][-1]:.1f} after a burst), "
-                      f"handshake {row['cpu'][-1]:.3f} ms CPU/session, relay "
-                      f"{row['gb1'][-1]:.2f} / {row['gb16'][-1]:.2f} s CPU/GB at 1 / 16 connections, "
-                      f"200 B round trip {row['rt'][-1]:.1f} us CPU, p50 {row['p50'][-1]:.1f} us",
-                      flush=True)  # fmt: skip
+                if args.bursts:
+                    result = measure_bursts(env, peer, cert, args.bursts)
+                else:
+                    result = measure_all(env, peer, cert, idle, handshakes)
+                row = rows.setdefault(peer.name, {key: [] for key, _title, _digits in columns})
+                for key, value in result.items():
+                    row[key].append(value)
+                print(f"round {round_ + 1} {peer.name:15} " + describe(result, bool(args.bursts)), flush=True)
     finally:
         ignore_signals()
         env.procs.stop_all()
-    ref = "haproxy" if "haproxy" in rows else "memory-bio"
-    print(f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
-          f"{idle} idle sessions ({BURST_SESSIONS} after {BURST_STANZA // 1024} KiB each way), "
-          f"{handshakes} handshakes at 200 in flight, "
-          f"{env.profile['stream_s']} s of relay at 1 and 16 connections, {ROUND_TRIPS} round trips of "
-          f"200 B on one connection; x = ratio to {ref}")  # fmt: skip
-    print("| server | " + " | ".join(f"{title} | x" for _key, title, _digits in COLUMNS) + " |")
-    print("| --- |" + " --- | --- |" * len(COLUMNS))
-    for name, row in rows.items():
-        cells = []
-        for key, _title, digits in COLUMNS:
-            value, base = median(row[key]), median(rows[ref][key])
-            cells.append(f"{value:.{digits}f} | {value / base:.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.bursts:
+        sizes = ", ".join(f"{size}" for size in args.bursts)
+        print(
+            f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
+            f"{BURST_SIZED_SESSIONS} idle sessions, each after one stanza of {sizes} KiB echoed through it"
+        )
+    else:
+        print(f"\nTLS 1.0 {args.cert.upper()}, direct TLS, relay to the echo; medians of {rounds} round(s); "
+              f"{idle} idle sessions ({BURST_SESSIONS} after {BURST_STANZA // 1024} KiB each way), "
+              f"{handshakes} handshakes at 200 in flight, "
+              f"{env.profile['stream_s']} s of relay at 1 and 16 connections, {ROUND_TRIPS} round trips of "
+              f"200 B on one connection")  # fmt: skip
+    print_table(rows, columns)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def describe(result: dict[str, float], bursts: bool) -> str:
+    """One round's line for one peer."""
+    if bursts:
+        kept = ", ".join(f"after {key[:-1]} KiB {value:.1f}" for key, value in result.items())
+        return f"{kept} KiB/session idle"
+    return (
+        f"idle {result['idle']:6.2f} KiB/session ({result['burst']:.1f} after a burst), "
+        f"handshake {result['cpu']:.3f} ms CPU/session, relay "
+        f"{result['gb1']:.2f} / {result['gb16']:.2f} s CPU/GB at 1 / 16 connections, "
+        f"200 B round trip {result['rt']:.1f} us CPU, p50 {result['p50']:.1f} us"
+    )
 
 
 if __name__ == "__main__":
