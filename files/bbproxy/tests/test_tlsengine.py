@@ -2,8 +2,9 @@
 neither memory BIO is given more than a slice at a time.
 
 An ``ssl.MemoryBIO`` keeps its buffer at the biggest size ever written to it, so what the engine
-puts into a BIO at once is what an idle session holds until it ends (tlsengine.BIO_SLICE; the
-memory itself is measured by bench/session_memory.py --stanza-size). The client is Python's own
+puts into a BIO at once is what an idle session holds until it ends (tlsengine.SMALL_SLICE for
+stanzas, tlsengine.BIO_SLICE once a burst passes tlsengine.BULK; the memory itself is measured by
+bench/session_memory.py --stanza-size and bench/socket_bio.py --bursts). The client is Python's own
 TLS over two more memory BIOs, with bbproxy's legacy and modern contexts on the server side.
 """
 
@@ -18,12 +19,17 @@ from pathlib import Path
 import pytest
 import trustme
 
+from bbproxy import tlsengine
 from bbproxy.tls import CertPair, Policy, build_context
-from bbproxy.tlsengine import BIO_SLICE, TlsEngine
+from bbproxy.tlsengine import BIO_SLICE, BULK, BURST_GAP, TlsEngine
 
 from .kit import DOMAIN, client_context
 
 BURST = 256 * 1024  # one read of the proxy's receive buffer
+STANZAS = 32 * 1024  # a vCard with its avatar, a roster: what XMPP sends at once
+# What a memory BIO may hold at once for stanza-sized traffic: a record that fits one TCP segment
+# (with TLS 1.0's empty fragment before it), no more than the server's first flight already made it.
+SEGMENT = 1500
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +89,42 @@ def connected(pair: CertPair, version: str) -> tuple[TlsEngine, Client]:
         if done and client.done:
             return engine, client
     raise AssertionError("no handshake")
+
+
+class Clock:
+    """tlsengine's monotonic(), stopped: time passes only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(tlsengine, "monotonic", clock)
+    return clock
+
+
+class HeldIncoming:
+    """Stands in for an engine's incoming BIO on the engine's side (OpenSSL keeps the real one)
+    and notes what the BIO holds after each write: the size it keeps for the session's life."""
+
+    def __init__(self, engine: TlsEngine) -> None:
+        self.bio = engine._incoming
+        self.held: list[int] = []
+        engine._incoming = self  # type: ignore[assignment]
+
+    def write(self, data: bytes | memoryview) -> int:
+        written = self.bio.write(data)
+        self.held.append(self.bio.pending)
+        return written
+
+    @property
+    def pending(self) -> int:
+        return self.bio.pending
 
 
 def drain(engine: TlsEngine) -> bytes:
@@ -178,3 +220,67 @@ def test_a_burst_to_the_client_leaves_the_outgoing_bio_at_most_a_slice(pair: Cer
     assert engine.data_to_send() == b""
     engine.write(b"<iq/>")  # and after a burst, small writes as before
     assert client.receive(engine.data_to_send()) == b"<iq/>"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.2", "1.3"])
+def test_a_stanza_sized_burst_goes_through_both_bios_in_small_slices(
+    pair: CertPair, version: str, clock: Clock
+) -> None:
+    """A 32 KiB stanza each way: neither BIO ever holds more than a small slice (and its record)."""
+    engine, client = connected(pair, version)
+    down = os.urandom(STANZAS)
+    engine.write(down)
+    pieces = engine.records_to_send()  # each piece: what the outgoing BIO held at once
+    assert max(map(len, pieces)) <= SEGMENT
+    assert client.receive(b"".join(pieces)) == down
+    incoming = HeldIncoming(engine)
+    up = os.urandom(STANZAS)
+    engine.receive(client.send(up))  # the client's 16 KiB records, in one read
+    assert drain(engine) == up
+    assert max(incoming.held) <= SEGMENT
+
+
+def test_a_bulk_transfer_goes_in_full_slices_once_past_bulk(pair: CertPair, clock: Clock) -> None:
+    """No pause: past BULK bytes one way, that way's slices are BIO_SLICE (the bulk relay's CPU)."""
+    engine, client = connected(pair, "1.0")
+    payload = os.urandom(BULK + 4 * BIO_SLICE)
+    read = 65536  # one read of either side
+    sizes: list[int] = []
+    received = bytearray()
+    for start in range(0, len(payload), read):  # Prosody's bytes, read after read
+        engine.write(payload[start : start + read])
+        pieces = engine.records_to_send()
+        sizes += map(len, pieces)
+        received += client.receive(b"".join(pieces))
+    assert bytes(received) == payload
+    # The reads before the one that takes the burst past BULK: small records.
+    before_bulk = (BULK - read) // SEGMENT
+    assert sum(1 for size in sizes if size <= SEGMENT) >= before_bulk
+    assert max(sizes) > BIO_SLICE  # then whole slices
+    incoming = HeldIncoming(engine)
+    got = bytearray()
+    records = client.send(payload)
+    for start in range(0, len(records), read):  # the client's, read after read
+        engine.receive(records[start : start + read])
+        got += drain(engine)
+    assert bytes(got) == payload
+    assert max(incoming.held[:before_bulk]) <= SEGMENT
+    assert max(incoming.held) > BIO_SLICE // 2
+
+
+def test_a_pause_ends_a_burst(pair: CertPair, clock: Clock) -> None:
+    """Bulk ends with a pause of BURST_GAP: the next stanza goes in small slices again."""
+    engine, client = connected(pair, "1.0")
+    engine.write(os.urandom(BULK + 1))
+    client.receive(engine.data_to_send())
+    clock.now += BURST_GAP / 2  # not a pause: still the same burst
+    engine.write(os.urandom(STANZAS))
+    pieces = engine.records_to_send()
+    assert max(map(len, pieces)) > BIO_SLICE
+    client.receive(b"".join(pieces))
+    clock.now += BURST_GAP * 2
+    stanza = os.urandom(STANZAS)
+    engine.write(stanza)
+    pieces = engine.records_to_send()
+    assert max(map(len, pieces)) <= SEGMENT
+    assert client.receive(b"".join(pieces)) == stanza
