@@ -36,13 +36,13 @@ BIO_SLICE: Final = 16384
 # offline messages, from one to a few tens of KiB, and with 16 KiB slices every session that once
 # relayed a few KiB kept twice haproxy's memory, idle (38.7 against 18.7 KiB after an 8 KiB stanza
 # each way, 58.4 against 18.4 after 32 KiB: bench/socket_bio.py --bursts). In slices that fit one
-# TCP segment as a record (1 369 bytes of plaintext, where Cloudflare's dynamic TLS record
-# patch for nginx starts) the outgoing BIO never outgrows the server's first flight, and neither BIO keeps
+# TCP segment as a record (1 369 bytes of plaintext, where Cloudflare's dynamic TLS record patch
+# for nginx starts) the outgoing BIO never outgrows the server's first flight, and neither BIO keeps
 # more than about 2 KiB. Records that small cost a few per cent more bytes and CPU: 4.7 us more per
 # KiB at TLS 1.0, 1.5 at TLS 1.2 (0.15 ms once for a 32 KiB vCard, against 17-37 KiB held for the
-# session's life), and 60-70 % more relay CPU in a bulk transfer. So, as in dynamic
-# record sizing, a burst (bytes one way with no pause of BURST_GAP seconds: records from the client,
-# plaintext to it) goes in small slices for its first BULK bytes and in BIO_SLICE slices after. BULK
+# session's life), and 60-70 % more relay CPU in a bulk transfer. So, as in dynamic record sizing,
+# a burst (bytes one way with no pause of BURST_GAP seconds: records from the client, plaintext to
+# it) goes in small slices for its first BULK bytes and in BIO_SLICE slices after. BULK
 # is Prosody's default c2s_stanza_size_limit: a session that never moved more than one stanza's
 # worth at once keeps small BIOs, and a bulk transfer pays for small records only at its start.
 SMALL_SLICE: Final = 1369
@@ -56,6 +56,11 @@ def _burst(size: int, last: float, nbytes: int, now: float) -> int:
     return (size if now - last <= BURST_GAP else 0) + nbytes
 
 
+def _slice(burst: int) -> int:
+    """How much a BIO is given at a time ``burst`` bytes into a burst."""
+    return BIO_SLICE if burst > BULK else SMALL_SLICE
+
+
 class TlsEngine:
     """Server-side TLS for one client, from its ClientHello on."""
 
@@ -63,7 +68,6 @@ class TlsEngine:
         "_encrypted",
         "_in_at",
         "_in_burst",
-        "_in_slice",
         "_incoming",
         "_out_at",
         "_out_burst",
@@ -84,11 +88,9 @@ class TlsEngine:
         self._unfed_at = 0
         # Records taken out of the outgoing BIO slice by slice, not yet asked for (data_to_send).
         self._encrypted: list[bytes] | None = None
-        # Each way, the current burst's bytes and when the last of them passed; what was received
-        # goes into the incoming BIO in _in_slice slices (SMALL_SLICE, BIO_SLICE past BULK).
+        # Each way, the current burst's bytes and when the last of them passed (the slice size).
         self._in_burst = self._out_burst = 0
         self._in_at = self._out_at = 0.0
-        self._in_slice = SMALL_SLICE
         self.receive(received)
 
     def receive(self, data: bytes | memoryview) -> None:
@@ -97,12 +99,11 @@ class TlsEngine:
         now = monotonic()
         self._in_burst = burst = _burst(self._in_burst, self._in_at, len(data), now)
         self._in_at = now
-        self._in_slice = size = BIO_SLICE if burst > BULK else SMALL_SLICE
         if self._unfed is not None:
             self._unfed = self._unfed[self._unfed_at :] + data
             self._unfed_at = 0
             return
-        room = max(size - self._incoming.pending, 0)
+        room = max(_slice(burst) - self._incoming.pending, 0)
         if len(data) <= room:
             self._incoming.write(data)
             return
@@ -118,7 +119,7 @@ class TlsEngine:
         if unfed is None:
             return False
         at = self._unfed_at
-        size = self._in_slice
+        size = _slice(self._in_burst)
         with memoryview(unfed) as view:
             self._incoming.write(view[at : at + size])
         at += size
@@ -157,7 +158,7 @@ class TlsEngine:
         now = monotonic()
         self._out_burst = burst = _burst(self._out_burst, self._out_at, len(data), now)
         self._out_at = now
-        size = BIO_SLICE if burst > BULK else SMALL_SLICE
+        size = _slice(burst)
         if len(data) <= size:
             self._sslobj.write(data)
             return
