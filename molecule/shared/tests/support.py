@@ -342,12 +342,14 @@ def playbook_result(rc: int, output: str) -> PlaybookRun:
     return PlaybookRun(rc=rc, changed=changed, failed=failed, output=output)
 
 
-def run_site(extra_vars: dict[str, Any] | None = None, *, tags: str = "") -> PlaybookRun:
+def run_site(
+    extra_vars: dict[str, Any] | None = None, *, tags: str = "", env: dict[str, str] | None = None
+) -> PlaybookRun:
     """ansible-playbook site.yml against the container, as an operator would run it (with TAGS:
-    a partial run, --tags TAGS)."""
+    a partial run, --tags TAGS; ENV: more environment for the controller, such as TMPDIR)."""
     done = subprocess.run(
         site_command(extra_vars or {}, tags=tags),
-        env=playbook_env(), capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False,
+        env=playbook_env() | (env or {}), capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False,
     )  # fmt: skip
     return playbook_result(done.returncode, done.stdout + done.stderr)
 
