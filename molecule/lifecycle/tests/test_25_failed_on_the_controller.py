@@ -39,7 +39,9 @@ def test_a_wheel_that_does_not_build(host: Any, login_check: LoginCheck, tmp_pat
     not_a_project.mkdir()
     run, left = run_site_in_own_tmpdir({"bbproxy_package_source": str(not_a_project)})
     assert run.rc != 0 and run.failed, run.describe()
-    assert "Build the wheel from bbproxy_package_source" in run.output, run.describe()
+    said = " ".join(run.output.split())  # the message as the result callback may have wrapped it
+    assert f"Building the bbproxy wheel from {not_a_project} (bbproxy_package_source)" in said, run.describe()
+    assert "pip said: " in said, run.describe()
     assert not any(name.startswith("bbproxy-wheel.") for name in left), f"the failed run left {left} on the controller"
     serves_as_before(host, login_check)
 
