@@ -52,8 +52,8 @@ def test_an_optional_wheel_neither_cached_nor_downloadable(host: Any, login_chec
     extra_vars = {"bbproxy_package_wheel": str(build_wheel(AFTER_TEST_20)), "bbproxy_wheel_cache_dir": str(empty_cache)}
     no_links = tmp_path / "no-links"
     no_links.mkdir()
-    # An air-gapped controller: no pip configuration (this machine's names local mirrors), no
-    # find-links with wheels in them, no pip cache, and an index nothing answers on.
+    # An air-gapped controller: no pip configuration (this machine's pip configuration names local
+    # mirrors), no find-links with wheels in them, no pip cache, and an index nothing answers on.
     index = {
         "PIP_CONFIG_FILE": os.devnull,
         "PIP_FIND_LINKS": str(no_links),
