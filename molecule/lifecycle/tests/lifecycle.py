@@ -42,6 +42,8 @@ STARTING = re.compile(r"\bbbproxy (\S+) starting on the ")
 RESTART_MARKER = "/var/lib/bbproxy/restart-pending"
 WHEEL_DIR = "/opt/bbproxy/wheels"
 WHEEL_STAMP = "/opt/bbproxy/venv/bbproxy-wheel.sha1"
+# The newer build test_20 installs and leaves running: the phases after it start from it.
+AFTER_TEST_20 = "0.1.1.dev1"
 
 
 def source_version() -> str:

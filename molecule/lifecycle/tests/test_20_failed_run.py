@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lifecycle import AFTER_TEST_20 as NEWER
 from lifecycle import build_wheel, converges_to, installed_version, journal_cursor, run_site
 from support import LoginCheck, run_ok
-
-NEWER = "0.1.1.dev1"
 
 
 def test_a_failed_run_then_a_corrected_one_converges(host: Any, login_check: LoginCheck) -> None:

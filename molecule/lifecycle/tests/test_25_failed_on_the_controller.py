@@ -10,10 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lifecycle import build_wheel, running_version
+from lifecycle import AFTER_TEST_20, build_wheel, running_version
 from support import LoginCheck, PlaybookRun, run_site
 
-AFTER_TEST_20 = "0.1.1.dev1"  # test_20 left this build running
 # Port 9 (discard) on loopback: nothing listens, so every index request is refused at once.
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple"
 

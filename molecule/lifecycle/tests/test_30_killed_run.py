@@ -16,6 +16,7 @@ import shlex
 from typing import Any
 
 from lifecycle import (
+    AFTER_TEST_20,
     RESTART_MARKER,
     WHEEL_DIR,
     WHEEL_STAMP,
@@ -29,7 +30,6 @@ from lifecycle import (
 )
 from support import LoginCheck
 
-AFTER_TEST_20 = "0.1.1.dev1"  # test_20 left this build running
 NEXT = "0.1.2.dev1"
 
 
